@@ -1,0 +1,196 @@
+"""One view over whatever a model was called with: numpy, pandas, sparse matrices, lists.
+
+``as_table`` never raises for the input shapes a scikit-learn model accepts or rejects; it copies
+nothing it does not have to, and when asked for at most ``max_rows`` rows it takes an evenly spaced
+sample (deterministic, so two calls with the same batch agree) and says so in ``sampled``.
+
+>>> import numpy as np
+>>> t = as_table(np.array([[1.0, np.nan], [3.0, 4.0]]), feature_names=["a", "b"])
+>>> t.n_rows, t.names, t.numeric.shape
+(2, ['a', 'b'], (2, 2))
+>>> t.missing_counts().tolist()
+[0, 1]
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+KIND_NUMERIC = "numeric"
+KIND_CATEGORICAL = "categorical"
+KIND_BOOLEAN = "boolean"
+
+
+@dataclass
+class Table:
+    """A batch of rows as numeric columns (float64, NaN = missing) and categorical columns (object)."""
+
+    n_rows: int  # rows in the whole batch
+    n_features: int
+    names: list[str]
+    kinds: list[str]
+    numeric: np.ndarray  # (rows_kept, n_numeric) float64; columns are numeric_index
+    numeric_index: list[int]
+    categorical: dict[int, np.ndarray] = field(default_factory=dict)  # feature index -> object array
+    sampled: bool = False  # True when only some rows were kept
+
+    @property
+    def rows_kept(self) -> int:
+        if self.categorical:
+            return len(next(iter(self.categorical.values())))
+        return int(self.numeric.shape[0])
+
+    def missing_counts(self) -> np.ndarray:
+        """Missing (None, NaN) and non-finite values per feature, in feature order, over the kept rows."""
+        out = np.zeros(self.n_features, dtype=np.int64)
+        if self.numeric.size:
+            out[self.numeric_index] = (~np.isfinite(self.numeric)).sum(axis=0)
+        for j, column in self.categorical.items():
+            out[j] = sum(1 for v in column if _is_missing(v))
+        return out
+
+
+def _is_missing(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and value != value)
+
+
+def _default_names(n: int) -> list[str]:
+    return [f"x{i}" for i in range(n)]
+
+
+def _sample_positions(n_rows: int, max_rows: int | None) -> np.ndarray | None:
+    if max_rows is None or n_rows <= max_rows:
+        return None
+    return np.linspace(0, n_rows - 1, num=max_rows).astype(np.intp)
+
+
+def as_table(X: Any, feature_names: list[str] | None = None, max_rows: int | None = None) -> Table:
+    """Describe a model input as a :class:`Table`; ``feature_names`` overrides names found in ``X``."""
+    if hasattr(X, "iloc") and hasattr(X, "dtypes"):
+        return _from_dataframe(X, feature_names, max_rows)
+    if hasattr(X, "tocsr") and hasattr(X, "shape"):
+        return _from_sparse(X, feature_names, max_rows)
+    return _from_array(np.asarray(X) if not isinstance(X, np.ndarray) else X, feature_names, max_rows)
+
+
+def _from_array(a: np.ndarray, names: list[str] | None, max_rows: int | None) -> Table:
+    if a.ndim == 1:  # a list of documents or a single column: one feature, n rows
+        a = a.reshape(-1, 1)
+    elif a.ndim == 0:
+        a = a.reshape(1, 1)
+    elif a.ndim > 2:
+        a = a.reshape(a.shape[0], -1)
+    n_rows, n_features = a.shape
+    names = list(names) if names is not None and len(names) == n_features else _default_names(n_features)
+    positions = _sample_positions(n_rows, max_rows)
+    kept = a if positions is None else a[positions]
+    if kept.dtype.kind in "fiub":
+        numeric = kept.astype(np.float64, copy=False)
+        kind = KIND_BOOLEAN if kept.dtype.kind == "b" else KIND_NUMERIC
+        return Table(n_rows, n_features, names, [kind] * n_features, numeric, list(range(n_features)),
+                     sampled=positions is not None)
+    # object or string arrays: each column numeric if every non-missing value converts
+    numeric_cols, numeric_index, categorical, kinds = [], [], {}, []
+    for j in range(n_features):
+        column = kept[:, j]
+        converted = _to_float(column)
+        if converted is not None:
+            numeric_cols.append(converted)
+            numeric_index.append(j)
+            kinds.append(KIND_NUMERIC)
+        else:
+            categorical[j] = column.astype(object, copy=False)
+            kinds.append(KIND_CATEGORICAL)
+    numeric = np.column_stack(numeric_cols) if numeric_cols else np.empty((len(kept), 0))
+    return Table(n_rows, n_features, names, kinds, numeric, numeric_index, categorical,
+                 sampled=positions is not None)
+
+
+def _to_float(column: np.ndarray) -> np.ndarray | None:
+    if column.dtype.kind in "fiub":
+        return column.astype(np.float64)
+    try:
+        return np.array([np.nan if v is None else v for v in column], dtype=np.float64)
+    except (TypeError, ValueError):
+        return None
+
+
+def _from_dataframe(df: Any, names: list[str] | None, max_rows: int | None) -> Table:
+    n_rows, n_features = df.shape
+    names = list(names) if names is not None and len(names) == n_features else [str(c) for c in df.columns]
+    positions = _sample_positions(n_rows, max_rows)
+    kept = df if positions is None else df.iloc[positions]
+    numeric_cols, numeric_index, categorical, kinds = [], [], {}, []
+    for j in range(n_features):
+        series = kept.iloc[:, j]
+        kind = series.dtype.kind
+        if kind in "fiu" and str(series.dtype) != "category":
+            numeric_cols.append(series.to_numpy(dtype=np.float64, na_value=np.nan))
+            numeric_index.append(j)
+            kinds.append(KIND_NUMERIC)
+        elif kind == "b" or str(series.dtype) == "boolean":
+            numeric_cols.append(series.to_numpy(dtype=np.float64, na_value=np.nan))
+            numeric_index.append(j)
+            kinds.append(KIND_BOOLEAN)
+        else:
+            values = series.astype(object).to_numpy()
+            categorical[j] = np.array([None if _pd_missing(v) else v for v in values], dtype=object)
+            kinds.append(KIND_CATEGORICAL)
+    numeric = np.column_stack(numeric_cols) if numeric_cols else np.empty((len(kept), 0))
+    return Table(n_rows, n_features, names, kinds, numeric, numeric_index, categorical,
+                 sampled=positions is not None)
+
+
+def _pd_missing(value: Any) -> bool:
+    if value is None:
+        return True
+    try:
+        return bool(value != value)  # NaN, pd.NA raises in bool() -> missing
+    except TypeError:
+        return True
+
+
+def _from_sparse(m: Any, names: list[str] | None, max_rows: int | None) -> Table:
+    n_rows, n_features = m.shape
+    names = list(names) if names is not None and len(names) == n_features else _default_names(n_features)
+    positions = _sample_positions(n_rows, max_rows)
+    csr = m.tocsr()
+    kept = csr if positions is None else csr[positions]
+    numeric = kept.toarray().astype(np.float64, copy=False)
+    return Table(n_rows, n_features, names, [KIND_NUMERIC] * n_features, numeric, list(range(n_features)),
+                 sampled=positions is not None)
+
+
+def n_rows_of(X: Any) -> int:
+    """Rows in ``X`` without converting it (0 when it has no length)."""
+    shape = getattr(X, "shape", None)
+    if shape is not None:
+        return int(shape[0]) if len(shape) else 1
+    try:
+        return len(X)
+    except TypeError:
+        return 0
+
+
+def n_features_of(X: Any) -> int:
+    """Columns in ``X`` without converting it (0 when unknown)."""
+    shape = getattr(X, "shape", None)
+    if shape is not None:
+        return int(shape[1]) if len(shape) > 1 else 1 if len(shape) == 1 else 0
+    try:
+        first = X[0]
+        return len(first) if hasattr(first, "__len__") and not isinstance(first, str) else 1
+    except (TypeError, IndexError, KeyError):
+        return 0
+
+
+def feature_names_of(X: Any, model: Any = None) -> list[str] | None:
+    """Column names of a DataFrame, else the model's ``feature_names_in_``, else None."""
+    columns = getattr(X, "columns", None)
+    if columns is not None:
+        return [str(c) for c in columns]
+    names = getattr(model, "feature_names_in_", None)
+    return [str(n) for n in names] if names is not None else None

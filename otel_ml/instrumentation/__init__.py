@@ -1,0 +1,1 @@
+"""Instrumentors loaded by ``opentelemetry-instrument`` through the ``opentelemetry_instrumentor`` entry point."""

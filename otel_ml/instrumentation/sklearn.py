@@ -1,0 +1,251 @@
+"""Automatic instrumentation of scikit-learn inference and training.
+
+Usage, with no code change::
+
+    pip install otel-ml
+    opentelemetry-instrument python app.py
+
+or in code::
+
+    from otel_ml.instrumentation.sklearn import SklearnInstrumentor
+    SklearnInstrumentor().instrument()
+
+What gets patched: the inference methods (``predict``, ``predict_proba``, ``predict_log_proba``,
+``decision_function``, ``transform``, ``score``) and training methods (``fit``, ``fit_transform``,
+``fit_predict``, ``partial_fit``) of every class derived from ``sklearn.base.BaseEstimator`` and of the
+mixins they inherit from: scikit-learn's own classes, classes imported or defined later (user
+subclasses, scikit-learn-API wrappers of other libraries), and models loaded with pickle or joblib
+(they are instances of those classes). Patching happens once per class with ``wrapt``, when
+``sklearn.base`` is first imported: instrumenting imports nothing of scikit-learn by itself.
+
+A call inside another model call on the same object (``predict`` calling ``predict_proba``) is part
+of the outer span; a call on another object (a pipeline's steps, a search's candidates) is a child
+span of it, up to ``OTEL_ML_MAX_CHILD_SPANS``. Every setting is an ``OTEL_ML_*`` variable, see
+:mod:`otel_ml.config` and ``docs/configuration.md``.
+
+``instrument()`` accepts ``tracer_provider``, ``metric_exporter`` (tests) and ``config`` (a
+:class:`otel_ml.config.Config`); ``uninstrument()`` restores every patched method and loader.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Collection
+from typing import Any
+
+import wrapt
+from opentelemetry.instrumentation.instrumentor import BaseInstrumentor
+
+from otel_ml import config as config_module
+from otel_ml import identity
+from otel_ml.package import _instruments_sklearn
+from otel_ml.telemetry import ACTIVE, Call, Step, Telemetry
+
+_log = logging.getLogger("otel_ml")
+
+_INPUT_KEYWORDS = ("X", "raw_documents")
+
+
+def _inputs(args: tuple, kwargs: dict) -> Any:
+    if args:
+        return args[0]
+    for key in _INPUT_KEYWORDS:
+        if key in kwargs:
+            return kwargs[key]
+    return None
+
+
+class _Patcher:
+    """Wraps estimator methods class by class and undoes it."""
+
+    def __init__(self, telemetry: Telemetry, methods: tuple[str, ...]) -> None:
+        self.telemetry = telemetry
+        self.methods = methods
+        self.enabled = True
+        self._patched: list[tuple[type, str, Any]] = []
+        self._seen: set[type] = set()
+        self._lock = threading.RLock()
+        self._wrappers = {name: self._make_wrapper(name) for name in methods}
+        self._base: type | None = None
+        self._had_init_subclass = False
+        self._loaders: list[tuple[Any, str, Any]] = []
+
+    # -- the wrapper around every patched method ---------------------------------------------------------
+    def _make_wrapper(self, method: str) -> Any:
+        telemetry = self.telemetry
+
+        def wrapper(wrapped: Any, instance: Any, args: tuple, kwargs: dict) -> Any:
+            if instance is None or not self.enabled:
+                return wrapped(*args, **kwargs)
+            active = ACTIVE.get()
+            if active is None:
+                return self._outer(wrapped, instance, method, args, kwargs)
+            if active.model is instance:
+                return wrapped(*args, **kwargs)
+            return self._step(active, wrapped, instance, method, args, kwargs)
+
+        return wrapper
+
+    def _outer(self, wrapped: Any, instance: Any, method: str, args: tuple, kwargs: dict) -> Any:
+        telemetry = self.telemetry
+        try:
+            call: Call = telemetry.begin(instance, method, _inputs(args, kwargs))
+        except telemetry.passthrough_errors:
+            raise  # strict input validation: the caller asked for this error
+        except Exception as exc:
+            telemetry.internal_error("begin", exc)
+            return wrapped(*args, **kwargs)
+        token = ACTIVE.set(call)
+        try:
+            result = wrapped(*args, **kwargs)
+        except BaseException as exc:
+            ACTIVE.reset(token)
+            telemetry.fail(call, exc)
+            raise
+        ACTIVE.reset(token)
+        telemetry.end(call, result)
+        return result
+
+    def _step(self, parent: Call | Step, wrapped: Any, instance: Any, method: str, args: tuple,
+              kwargs: dict) -> Any:
+        telemetry = self.telemetry
+        try:
+            step = telemetry.begin_step(parent, instance, method)
+        except Exception as exc:
+            telemetry.internal_error("begin_step", exc)
+            step = None
+        if step is None:
+            return wrapped(*args, **kwargs)
+        token = ACTIVE.set(step)
+        try:
+            result = wrapped(*args, **kwargs)
+        except BaseException as exc:
+            ACTIVE.reset(token)
+            telemetry.end_step(step, exc)
+            raise
+        ACTIVE.reset(token)
+        telemetry.end_step(step)
+        return result
+
+    # -- classes ----------------------------------------------------------------------------------------
+    def patch_class(self, cls: type) -> None:
+        """Wrap the methods ``cls`` and its bases define themselves (each class once)."""
+        with self._lock:
+            for klass in cls.__mro__:
+                if klass is object or klass in self._seen:
+                    continue
+                self._seen.add(klass)
+                for name in self.methods:
+                    original = klass.__dict__.get(name)
+                    if original is None or isinstance(original, (wrapt.FunctionWrapper, staticmethod, classmethod)):
+                        continue
+                    if not (callable(original) or hasattr(original, "__get__")):
+                        continue
+                    try:
+                        setattr(klass, name, wrapt.FunctionWrapper(original, self._wrappers[name]))
+                    except (TypeError, AttributeError):  # a class that refuses new attributes
+                        continue
+                    self._patched.append((klass, name, original))
+
+    def on_sklearn_base(self, module: Any) -> None:
+        """Post-import hook of ``sklearn.base``: patch what exists and hook every future subclass."""
+        if not self.enabled or self._base is not None:
+            return
+        base = module.BaseEstimator
+        self._base = base
+        pending = [base]
+        while pending:
+            cls = pending.pop()
+            self.patch_class(cls)
+            pending.extend(cls.__subclasses__())
+        patcher = self
+        self._had_init_subclass = "__init_subclass__" in base.__dict__
+
+        def __init_subclass__(cls: type, **kwargs: Any) -> None:  # noqa: N807
+            super(base, cls).__init_subclass__(**kwargs)
+            if patcher.enabled:
+                try:
+                    patcher.patch_class(cls)
+                except Exception as exc:
+                    patcher.telemetry.internal_error("patch_class", exc)
+
+        base.__init_subclass__ = classmethod(__init_subclass__)
+
+    # -- loaders ---------------------------------------------------------------------------------------
+    def patch_loader(self, module: Any, name: str) -> None:
+        original = getattr(module, name, None)
+        if original is None or isinstance(original, wrapt.FunctionWrapper):
+            return
+        telemetry = self.telemetry
+
+        def loader(wrapped: Any, instance: Any, args: tuple, kwargs: dict) -> Any:
+            loaded = wrapped(*args, **kwargs)
+            if self.enabled:
+                try:
+                    source = args[0] if args else kwargs.get("filename", kwargs.get("file"))
+                    path = identity.path_of(source)
+                    if path is not None:
+                        identity.remember_origin(loaded, path)
+                except Exception as exc:
+                    telemetry.internal_error("model_origin", exc)
+            return loaded
+
+        setattr(module, name, wrapt.FunctionWrapper(original, loader))
+        self._loaders.append((module, name, original))
+
+    # -- undo -----------------------------------------------------------------------------------------
+    def unpatch(self) -> None:
+        with self._lock:
+            self.enabled = False
+            for klass, name, original in reversed(self._patched):
+                setattr(klass, name, original)
+            self._patched.clear()
+            self._seen.clear()
+            for module, name, original in reversed(self._loaders):
+                setattr(module, name, original)
+            self._loaders.clear()
+            if self._base is not None:
+                if not self._had_init_subclass:
+                    del self._base.__init_subclass__
+                self._base = None
+
+
+class SklearnInstrumentor(BaseInstrumentor):
+    """OpenTelemetry instrumentor for scikit-learn models (see the module docstring)."""
+
+    _patcher: _Patcher | None = None
+    telemetry: Telemetry | None = None
+
+    def instrumentation_dependencies(self) -> Collection[str]:
+        return _instruments_sklearn
+
+    def _instrument(self, **kwargs: Any) -> None:
+        config = kwargs.get("config") or config_module.load()
+        telemetry = Telemetry(config, tracer_provider=kwargs.get("tracer_provider"),
+                              metric_exporter=kwargs.get("metric_exporter"),
+                              resource=kwargs.get("resource"),
+                              export_interval=kwargs.get("export_interval"))
+        patcher = _Patcher(telemetry, config.methods)
+        self.telemetry, self._patcher = telemetry, patcher
+        wrapt.register_post_import_hook(lambda module: patcher.on_sklearn_base(module)
+                                        if self._patcher is patcher else None, "sklearn.base")
+        wrapt.register_post_import_hook(lambda module: patcher.patch_loader(module, "load")
+                                        if self._patcher is patcher else None, "pickle")
+        wrapt.register_post_import_hook(lambda module: patcher.patch_loader(module, "load")
+                                        if self._patcher is patcher else None, "joblib")
+        _register_shutdown(telemetry)
+
+    def _uninstrument(self, **kwargs: Any) -> None:
+        if self._patcher is not None:
+            self._patcher.unpatch()
+        if self.telemetry is not None:
+            self.telemetry.shutdown()
+        self._patcher = None
+        self.telemetry = None
+
+
+def _register_shutdown(telemetry: Telemetry) -> None:
+    import atexit
+
+    atexit.register(telemetry.shutdown)

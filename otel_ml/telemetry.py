@@ -1,0 +1,350 @@
+"""Turning a model call into a span, and handing its observation to the aggregator.
+
+The request path does only this: start a span with the model's cached attributes, run the model,
+read a few numbers off the output for the span, and append one :class:`~otel_ml.observation.Observation`
+to a bounded queue. Metrics, drift and data-quality counts are computed off the request path by
+:class:`~otel_ml.aggregator.Aggregator`. When the span is not sampled, no attribute is computed.
+
+Every failure inside otel-ml is caught here, counted in ``ml.instrumentation.errors`` and logged once
+per place and exception type; the user's call and its exception are never altered.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import logging
+import os
+import random
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+from opentelemetry import trace
+from opentelemetry.trace import SpanKind, Status, StatusCode
+
+from otel_ml import frame, semconv
+from otel_ml.aggregator import Aggregator
+from otel_ml.config import Config
+from otel_ml.metrics import ExportLoop, MetricStore, configured_exporter, export_interval_seconds
+from otel_ml.model_state import BASELINE_ATTRIBUTE, ModelState, ModelStates
+from otel_ml.observation import Observation
+from otel_ml.version import __version__
+
+_log = logging.getLogger("otel_ml")
+
+TRAINING = frozenset({"fit", "fit_transform", "fit_predict", "partial_fit"})
+
+
+class Call:
+    """An outermost model call in progress (also the parent of its steps' child spans)."""
+
+    __slots__ = ("model", "state", "operation", "span", "inputs", "n_rows", "start", "children",
+                 "_context", "validation")
+
+    def __init__(self, model: Any, state: ModelState, operation: str, span: Any, inputs: Any,
+                 n_rows: int) -> None:
+        self.model, self.state, self.operation, self.span = model, state, operation, span
+        self.inputs, self.n_rows = inputs, n_rows
+        self.children = 0
+        self._context = None
+        self.validation = None
+        self.start = time.perf_counter()
+
+    def context(self) -> Any:
+        if self._context is None:
+            self._context = trace.set_span_in_context(self.span)
+        return self._context
+
+
+class Step:
+    """A model call inside another (a pipeline step): a child span, nothing else."""
+
+    __slots__ = ("model", "span", "parent", "_context")
+
+    def __init__(self, model: Any, span: Any, parent: Call) -> None:
+        self.model, self.span, self.parent = model, span, parent
+        self._context = None
+
+    @property
+    def children(self) -> int:
+        return self.parent.children
+
+    @children.setter
+    def children(self, value: int) -> None:
+        self.parent.children = value
+
+    def context(self) -> Any:
+        if self._context is None:
+            self._context = trace.set_span_in_context(self.span)
+        return self._context
+
+
+def error_type(exc: BaseException) -> str:
+    cls = type(exc)
+    return cls.__qualname__ if cls.__module__ == "builtins" else f"{cls.__module__}.{cls.__qualname__}"
+
+
+class Telemetry:
+    """Spans, metrics and data health for every instrumented model in the process."""
+
+    def __init__(self, config: Config, tracer_provider: Any = None, metric_exporter: Any = None,
+                 resource: Any = None, export_interval: float | None = None) -> None:
+        self.config = config
+        self.tracer = trace.get_tracer("otel_ml", __version__, tracer_provider)
+        self.states = ModelStates(config, on_new_state=self._attach_data_health)
+        if metric_exporter is None:
+            metric_exporter, found_resource = configured_exporter()
+            resource = resource or found_resource
+        self.store = MetricStore(resource)
+        self.aggregator = Aggregator(self.store, config, self.internal_error)
+        self.exporter = None
+        if metric_exporter is not None:
+            self.exporter = ExportLoop(self.store, metric_exporter, export_interval or export_interval_seconds(),
+                                       before_collect=self.aggregator.drain)
+        self.listeners: list[Callable[[Observation], None]] = []
+        # errors otel-ml raises on purpose (strict input validation); everything else is swallowed
+        self.passthrough_errors: tuple[type[BaseException], ...] = self.aggregator.passthrough_errors
+        self._logged: set[tuple[str, str]] = set()
+        self._pid = os.getpid()
+        self._started = False
+        self._start_lock = threading.Lock()
+
+    # -- lifecycle ------------------------------------------------------------------------------
+    def _ensure_started(self) -> None:
+        """Start the background threads in this process (again after a fork)."""
+        pid = os.getpid()
+        if self._started and self._pid == pid:
+            return
+        with self._start_lock:
+            if self._pid != pid:  # a forked child: its parent's counts are not its own
+                self.store.reset()
+                self.aggregator.reset()
+                self._pid = pid
+            self.aggregator.start()
+            if self.exporter is not None:
+                self.exporter.start()
+            self._started = True
+
+    def flush(self) -> None:
+        """Process every queued observation and export metrics now (tests, shutdown)."""
+        self.aggregator.drain()
+        if self.exporter is not None:
+            self.exporter.export_now()
+
+    def shutdown(self) -> None:
+        self.aggregator.stop()
+        if self.exporter is not None:
+            self.exporter.shutdown()
+
+    # -- failures inside otel-ml --------------------------------------------------------------------
+    def internal_error(self, where: str, exc: BaseException) -> None:
+        """Count and log (once per place and type) a failure of otel-ml itself."""
+        try:
+            kind = error_type(exc)
+            self.store.counter(semconv.INSTRUMENTATION_ERRORS, semconv.UNIT_ERRORS,
+                               "Failures inside otel-ml (the model call itself was not affected)").add(
+                ((semconv.ERROR_TYPE, kind), ("ml.instrumentation.location", where)), 1)
+            if (where, kind) not in self._logged:
+                self._logged.add((where, kind))
+                _log.warning("otel-ml: %s failed (%s); the model call is unaffected. Counted in %s.",
+                             where, kind, semconv.INSTRUMENTATION_ERRORS, exc_info=exc)
+        except Exception:  # pragma: no cover - the last line of defence must not raise
+            pass
+
+    # -- data health attached to a model --------------------------------------------------------------
+    def _attach_data_health(self, model: Any, state: ModelState) -> None:
+        try:
+            self.aggregator.attach_baseline(model, state)
+        except Exception as exc:
+            self.internal_error("baseline", exc)
+
+    # -- the request path ---------------------------------------------------------------------------
+    def begin(self, model: Any, operation: str, inputs: Any) -> Call:
+        """Start the span of an outermost call; raises only on otel-ml bugs (caller falls back)."""
+        self._ensure_started()
+        state = self.states.get(model)
+        span_name, attributes, _ = state.operation(operation)
+        n_rows = frame.n_rows_of(inputs) if inputs is not None else 0
+        if self.tracer is None:
+            span = trace.INVALID_SPAN
+        else:
+            start_attributes = dict(attributes)
+            start_attributes[semconv.INPUT_ROWS] = n_rows
+            if inputs is not None:
+                start_attributes[semconv.INPUT_FEATURES] = frame.n_features_of(inputs)
+            span = self.tracer.start_span(span_name, kind=SpanKind.INTERNAL, attributes=start_attributes)
+        call = Call(model, state, operation, span, inputs, n_rows)
+        if state.validator is not None and operation not in TRAINING and inputs is not None:
+            try:
+                call.validation = self.aggregator.validate(state, inputs, span)
+            except self.passthrough_errors as exc:  # strict mode: the span records why, the caller gets it
+                self.fail(call, exc)
+                raise
+        return call
+
+    def end(self, call: Call, output: Any) -> None:
+        duration = time.perf_counter() - call.start
+        span = call.span
+        try:
+            observation = self._observation(call, output, duration, None)
+            if span.is_recording():
+                span.set_attributes(self._span_attributes(call, observation))
+            self._publish(observation)
+        except Exception as exc:
+            self.internal_error("end", exc)
+        finally:
+            span.end()
+        if call.operation in TRAINING:
+            self._after_fit(call)
+
+    def fail(self, call: Call, exc: BaseException) -> None:
+        duration = time.perf_counter() - call.start
+        span = call.span
+        try:
+            kind = error_type(exc)
+            if span.is_recording():
+                span.set_attribute(semconv.ERROR_TYPE, kind)
+                span.record_exception(exc)
+                span.set_status(Status(StatusCode.ERROR, f"{kind}: {exc}"[:256]))
+            self._publish(self._observation(call, None, duration, kind))
+        except Exception as inner:
+            self.internal_error("fail", inner)
+        finally:
+            span.end()
+
+    def _observation(self, call: Call, output: Any, duration: float, kind: str | None) -> Observation:
+        return Observation(call.state, call.operation, call.inputs, output, duration, call.n_rows, kind,
+                           _prediction_id(call.span), call.validation)
+
+    def _publish(self, observation: Observation) -> None:
+        for listener in self.listeners:
+            try:
+                listener(observation)
+            except Exception as exc:
+                self.internal_error("listener", exc)
+        self.aggregator.submit(observation)
+
+    def _span_attributes(self, call: Call, observation: Observation) -> dict:
+        state, config = call.state, self.config
+        attributes: dict[str, Any] = {}
+        if observation.prediction_id is not None and observation.operation not in TRAINING:
+            attributes[semconv.PREDICTION_ID] = observation.row_id(0)
+        predictions = observation.read_predictions()
+        if predictions is not None:
+            attributes.update(_prediction_attributes(predictions, call.n_rows, config.max_classes))
+        if state.drift is not None:
+            attributes[semconv.DRIFT_DETECTED] = state.drift_detected
+        if (config.feature_summaries and call.n_rows >= config.summary_min_rows and call.inputs is not None
+                and call.operation not in ("score",)):
+            attributes.update(self._feature_attributes(call, state))
+        return attributes
+
+    def _feature_attributes(self, call: Call, state: ModelState) -> dict:
+        config = self.config
+        table = frame.as_table(call.inputs, frame.feature_names_of(call.inputs, call.model),
+                               max_rows=config.summary_max_rows)
+        kept = table.numeric_index[: config.max_features] if len(table.numeric_index) > config.max_features \
+            else table.numeric_index
+        numeric = table.numeric[:, : len(kept)]
+        finite = np.isfinite(numeric)
+        count = finite.sum(axis=0)
+        safe = np.where(finite, numeric, 0.0)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            mean = safe.sum(axis=0) / count
+            var = (np.where(finite, numeric - mean, 0.0) ** 2).sum(axis=0) / count
+        attributes: dict[str, Any] = {
+            semconv.INPUT_FEATURE_NAMES: [table.names[j] for j in kept],
+            semconv.INPUT_FEATURE_COUNT: [int(c) for c in count],
+            semconv.INPUT_FEATURE_MISSING: [int(table.rows_kept - c) for c in count],
+            semconv.INPUT_FEATURE_MEAN: [_finite(v) for v in mean],
+            semconv.INPUT_FEATURE_STD: [_finite(v) for v in np.sqrt(var)],
+        }
+        if table.n_features > len(kept):
+            attributes[semconv.INPUT_FEATURES_TRUNCATED] = table.n_features - len(kept)
+        if table.sampled:
+            attributes[semconv.INPUT_SAMPLED_ROWS] = table.rows_kept
+        if config.capture_raw:
+            masked = set(config.mask_features)
+            with np.errstate(invalid="ignore"):
+                lo = np.where(finite, numeric, np.inf).min(axis=0)
+                hi = np.where(finite, numeric, -np.inf).max(axis=0)
+            attributes[semconv.INPUT_FEATURE_MIN] = [
+                0.0 if table.names[j] in masked else _finite(v) for j, v in zip(kept, lo)]
+            attributes[semconv.INPUT_FEATURE_MAX] = [
+                0.0 if table.names[j] in masked else _finite(v) for j, v in zip(kept, hi)]
+        return attributes
+
+    def _after_fit(self, call: Call) -> None:
+        """A refitted model gets a new state; optionally capture its baseline from the training data."""
+        self.states.forget(call.model)
+        if self.config.capture_baseline and call.inputs is not None and call.operation != "partial_fit":
+            try:
+                self.aggregator.capture_baseline(call.model, call.inputs, BASELINE_ATTRIBUTE)
+            except Exception as exc:
+                self.internal_error("capture_baseline", exc)
+
+    # -- steps inside a composite model ----------------------------------------------------------------
+    def begin_step(self, parent: Call | Step, model: Any, operation: str) -> Step | None:
+        if parent.children >= self.config.max_child_spans or not parent.span.is_recording():
+            return None
+        parent.children += 1
+        span = self.tracer.start_span(f"{operation} {type(model).__qualname__}", context=parent.context(),
+                                      kind=SpanKind.INTERNAL,
+                                      attributes={semconv.OPERATION_NAME: operation,
+                                                  semconv.MODEL_CLASS: type(model).__qualname__})
+        return Step(model, span, parent if isinstance(parent, Call) else parent.parent)
+
+    @staticmethod
+    def end_step(step: Step, exc: BaseException | None = None) -> None:
+        if exc is not None:
+            step.span.set_attribute(semconv.ERROR_TYPE, error_type(exc))
+            step.span.set_status(Status(StatusCode.ERROR, f"{error_type(exc)}: {exc}"[:256]))
+        step.span.end()
+
+
+def _finite(value: float) -> float:
+    value = float(value)
+    return value if value == value and abs(value) != float("inf") else 0.0
+
+
+def _prediction_id(span: Any) -> str:
+    ctx = span.get_span_context()
+    if ctx.is_valid:
+        return f"{ctx.trace_id:032x}-{ctx.span_id:016x}"
+    return f"{random.getrandbits(128):032x}-{random.getrandbits(64):016x}"
+
+
+def _prediction_attributes(predictions: Any, n_rows: int, max_classes: int) -> dict:
+    attributes: dict[str, Any] = {}
+    labels, scores = predictions.labels, predictions.scores
+    if predictions.confidence_min is not None:
+        attributes[semconv.PREDICTION_CONFIDENCE_MIN] = predictions.confidence_min
+    if n_rows == 1:
+        if labels is not None and len(labels):
+            attributes[semconv.PREDICTION_LABEL] = str(labels[0])
+        if scores is not None and len(scores):
+            attributes[semconv.PREDICTION_SCORE] = _finite(scores[0])
+        return attributes
+    if labels is not None and len(labels):
+        names, counts = np.unique(labels.astype(str), return_counts=True)
+        order = np.argsort(-counts, kind="stable")[:max_classes]
+        attributes[semconv.PREDICTION_CLASS_NAMES] = [str(names[i]) for i in order]
+        attributes[semconv.PREDICTION_CLASS_COUNTS] = [int(counts[i]) for i in order]
+    if scores is not None and len(scores):
+        finite = scores[np.isfinite(scores)]
+        if finite.size:
+            p50, p90 = np.percentile(finite, (50, 90))
+            attributes.update({
+                semconv.PREDICTION_SCORE_MEAN: float(finite.mean()),
+                semconv.PREDICTION_SCORE_MIN: float(finite.min()),
+                semconv.PREDICTION_SCORE_MAX: float(finite.max()),
+                semconv.PREDICTION_SCORE_P50: float(p50),
+                semconv.PREDICTION_SCORE_P90: float(p90),
+            })
+    return attributes
+
+
+# The Call or Step in progress in this context (None outside any model call).
+ACTIVE: contextvars.ContextVar[Call | Step | None] = contextvars.ContextVar("otel_ml_active_call", default=None)
