@@ -73,8 +73,6 @@ class _Patcher:
 
     # -- the wrapper around every patched method ---------------------------------------------------------
     def _make_wrapper(self, method: str) -> Any:
-        telemetry = self.telemetry
-
         def wrapper(wrapped: Any, instance: Any, args: tuple, kwargs: dict) -> Any:
             if instance is None or not self.enabled:
                 return wrapped(*args, **kwargs)
