@@ -243,6 +243,11 @@ class SklearnInstrumentor(BaseInstrumentor):
         self.telemetry = None
 
 
+def active_telemetry() -> Telemetry | None:
+    """The running :class:`Telemetry` (None until ``SklearnInstrumentor().instrument()``)."""
+    return SklearnInstrumentor().telemetry
+
+
 def _register_shutdown(telemetry: Telemetry) -> None:
     import atexit
 
