@@ -80,12 +80,11 @@ class Aggregator:
         self.drain()
 
     def reset(self) -> None:
-        """After a fork: the child's queue and label sets start empty; instruments are re-declared."""
+        """After a fork: the child's queue and label sets start empty (the store zeroes itself)."""
         self._queue = collections.deque()
         self._labels.clear()
         self._thread = None
         self._drain_lock = threading.Lock()
-        self._declare_instruments()
 
     def _run(self) -> None:
         while not self._stopped:

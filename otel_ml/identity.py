@@ -109,7 +109,7 @@ def origin_of(model: Any) -> FileOrigin | None:
 
 def resolve(model: Any, env_name: str | None, env_version: str | None) -> ModelIdentity:
     """The identity of ``model`` by the precedence in this module's docstring."""
-    class_name = type(model).__qualname__
+    class_name = type(model).__name__
     with _lock:
         try:
             explicit = _explicit.get(model) or {}

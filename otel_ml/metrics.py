@@ -23,6 +23,7 @@ import math
 import os
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
@@ -60,6 +61,13 @@ class _Instrument:
     def _key(self, series: dict, key: AttrKey) -> AttrKey:
         return key if key in series or len(series) < MAX_SERIES else OVERFLOW_KEY
 
+    def _series_dict(self) -> dict:
+        raise NotImplementedError
+
+    def clear(self) -> None:
+        with self._lock:
+            self._series_dict().clear()
+
 
 class CounterState(_Instrument):
     """A monotonic sum per attribute set."""
@@ -83,6 +91,9 @@ class CounterState(_Instrument):
     def value(self, key: AttrKey) -> float:
         with self._lock:
             return self._values.get(key, 0)
+
+    def _series_dict(self) -> dict:
+        return self._values
 
     def _points(self, start: int, now: int) -> Metric | None:
         with self._lock:
@@ -108,6 +119,9 @@ class GaugeState(_Instrument):
         with self._lock:
             return self._values.get(key)
 
+    def _series_dict(self) -> dict:
+        return self._values
+
     def _points(self, start: int, now: int) -> Metric | None:
         with self._lock:
             points = [NumberDataPoint(dict(k), start, now, _number(v)) for k, v in self._values.items()
@@ -124,6 +138,9 @@ class HistogramState(_Instrument):
         self._bounds_array = np.asarray(self.bounds)
         # key -> [bucket_counts (list), sum, count, min, max]
         self._series: dict[AttrKey, list] = {}
+
+    def _series_dict(self) -> dict:
+        return self._series
 
     def _state(self, key: AttrKey) -> list:
         key = self._key(self._series, key)
@@ -203,10 +220,13 @@ class MetricStore:
         return self._get(name, lambda: HistogramState(name, unit, description, bounds))
 
     def reset(self) -> None:
-        """Forget every value (a forked child starts from zero, with a new start time)."""
+        """Forget every value: a forked child starts from zero, with a new start time and its own
+        ``service.instance.id`` (pre-fork servers would otherwise export colliding cumulative series)."""
         with self._lock:
-            self._instruments.clear()
+            for instrument in self._instruments.values():
+                instrument.clear()
             self._start_ns = time.time_ns()
+            self.resource = self.resource.merge(Resource({"service.instance.id": str(uuid.uuid4())}))
 
     def collect(self, now_ns: int | None = None) -> MetricsData:
         now = now_ns or time.time_ns()

@@ -290,10 +290,10 @@ class Telemetry:
         if parent.children >= self.config.max_child_spans or not parent.span.is_recording():
             return None
         parent.children += 1
-        span = self.tracer.start_span(f"{operation} {type(model).__qualname__}", context=parent.context(),
+        span = self.tracer.start_span(f"{operation} {type(model).__name__}", context=parent.context(),
                                       kind=SpanKind.INTERNAL,
                                       attributes={semconv.OPERATION_NAME: operation,
-                                                  semconv.MODEL_CLASS: type(model).__qualname__})
+                                                  semconv.MODEL_CLASS: type(model).__name__})
         return Step(model, span, parent if isinstance(parent, Call) else parent.parent)
 
     @staticmethod

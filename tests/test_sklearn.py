@@ -1,0 +1,290 @@
+"""The scikit-learn instrumentor through its programmatic API, with in-memory exporters."""
+
+from __future__ import annotations
+
+import hashlib
+import pickle
+import threading
+
+import joblib
+import numpy as np
+import pytest
+from opentelemetry.trace import StatusCode
+from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.compose import ColumnTransformer
+from sklearn.ensemble import RandomForestClassifier
+from sklearn.linear_model import LinearRegression, LogisticRegression
+from sklearn.model_selection import GridSearchCV
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+
+from otel_ml import semconv, set_model_identity
+
+
+@pytest.fixture(scope="module")
+def data(breast_cancer):
+    X, y = breast_cancer
+    return X, y
+
+
+@pytest.fixture(scope="module")
+def fitted(data):
+    X, y = data
+    return make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000)).fit(X, y)
+
+
+def test_single_row_span_has_identity_and_prediction(instrumented, fitted, data):
+    X, _ = data
+    proba = fitted.predict_proba(X.iloc[:1])
+    (span,) = instrumented.roots()
+    a = span.attributes
+    assert span.name == "predict_proba Pipeline"
+    assert a[semconv.OPERATION_NAME] == "predict_proba"
+    assert a[semconv.MODEL_NAME] == "Pipeline" and a[semconv.MODEL_CLASS] == "Pipeline"
+    assert a[semconv.MODEL_TYPE] == semconv.MODEL_TYPE_BINARY
+    assert a[semconv.INPUT_ROWS] == 1 and a[semconv.INPUT_FEATURES] == 30
+    assert a[semconv.PREDICTION_SCORE] == pytest.approx(proba[0, 1])
+    assert a[semconv.PREDICTION_LABEL] == str(fitted.classes_[proba[0].argmax()])
+    assert a[semconv.PREDICTION_CONFIDENCE_MIN] == pytest.approx(proba[0].max())
+    trace_id = f"{span.context.trace_id:032x}"
+    assert a[semconv.PREDICTION_ID] == f"{trace_id}-{span.context.span_id:016x}-0"
+    # one row never yields per-feature summaries: they would be the row itself
+    assert semconv.INPUT_FEATURE_MEAN not in a
+
+
+def test_pipeline_steps_are_children_and_nothing_is_duplicated(instrumented, fitted, data):
+    X, _ = data
+    fitted.predict(X.iloc[:5])  # Pipeline.predict -> scaler.transform + LogisticRegression.predict
+    spans = instrumented.finished()
+    (root,) = [s for s in spans if s.parent is None]
+    children = [s for s in spans if s.parent is not None]
+    assert sorted(s.name for s in children) == ["predict LogisticRegression", "transform StandardScaler"]
+    assert all(s.parent.span_id == root.context.span_id for s in children)
+
+
+def test_method_calling_another_method_is_one_span(instrumented, data):
+    X, y = data
+    model = LogisticRegression(max_iter=3000)
+    model.fit(X, y)
+    instrumented.spans.clear()
+    model.score(X, y)  # score calls self.predict
+    assert [s.name for s in instrumented.finished()] == ["score LogisticRegression"]
+
+
+def test_meta_estimator_gives_child_spans_up_to_the_cap(make, data):
+    X, y = data
+    inst = make(max_child_spans=5)
+    GridSearchCV(LogisticRegression(max_iter=200), {"C": [0.1, 1.0]}, cv=2).fit(X.iloc[:200], y.iloc[:200])
+    spans = inst.finished()
+    roots = [s for s in spans if s.parent is None]
+    assert [s.name for s in roots] == ["fit GridSearchCV"]
+    assert len(spans) - 1 == 5
+
+
+def test_error_keeps_the_exception_and_marks_the_span(instrumented, fitted, data):
+    X, _ = data
+    with pytest.raises(ValueError, match="features") as raised:
+        fitted.predict(X.iloc[:3, :4].to_numpy())
+    root = instrumented.roots()[0]
+    assert root.status.status_code == StatusCode.ERROR
+    assert root.attributes[semconv.ERROR_TYPE] == "ValueError"
+    assert any(e.name == "exception" for e in root.events)
+    metrics = instrumented.flush()
+    assert metrics.value(semconv.OPERATION_DURATION, error__type="ValueError") == 1
+    assert "features" in str(raised.value)
+
+
+def test_metrics_count_rows_batches_classes_and_scores(instrumented, fitted, data):
+    X, _ = data
+    fitted.predict_proba(X.iloc[:100])
+    fitted.predict_proba(X.iloc[:1])
+    labels = fitted.predict(X.iloc[:50])
+    metrics = instrumented.flush()
+    model = {"ml__model__name": "Pipeline"}
+    assert metrics.value(semconv.INPUT_ROWS_METRIC, ml__operation__name="predict_proba", **model) == 101
+    assert metrics.value(semconv.INPUT_BATCH_SIZE, ml__operation__name="predict_proba", **model) == 2
+    (scores,) = [p for p in metrics.points(semconv.PREDICTION_SCORE_METRIC)
+                 if p.attributes[semconv.OPERATION_NAME] == "predict_proba"]
+    assert scores.count == 101
+    expected = fitted.predict_proba(X.iloc[:100])[:, 1].sum() + fitted.predict_proba(X.iloc[:1])[0, 1]
+    assert scores.sum == pytest.approx(expected)
+    assert list(scores.explicit_bounds) == list(semconv.SCORE_BUCKETS)
+    for label in np.unique(labels):
+        count = metrics.value(semconv.PREDICTION_COUNT, ml__prediction__label=str(label))
+        # predict_proba labels (argmax) are counted too: 101 rows from predict_proba + 50 from predict
+        proba_labels = fitted.predict(X.iloc[:100]).tolist() + fitted.predict(X.iloc[:1]).tolist()
+        assert count == (labels == label).sum() + proba_labels.count(label)
+    (duration,) = [p for p in metrics.points(semconv.OPERATION_DURATION)
+                   if p.attributes[semconv.OPERATION_NAME] == "predict"]
+    assert duration.count == 1 and duration.sum > 0
+
+
+def test_batch_summaries_need_min_rows_and_hide_min_max(instrumented, fitted, data):
+    X, _ = data
+    fitted.predict(X.iloc[:9])
+    fitted.predict(X.iloc[:10])
+    small, large = instrumented.roots()
+    assert semconv.INPUT_FEATURE_MEAN not in small.attributes
+    a = large.attributes
+    assert list(a[semconv.INPUT_FEATURE_NAMES])[:2] == ["mean radius", "mean texture"]
+    assert a[semconv.INPUT_FEATURE_MEAN][0] == pytest.approx(X.iloc[:10, 0].mean())
+    assert a[semconv.INPUT_FEATURE_STD][0] == pytest.approx(X.iloc[:10, 0].std(ddof=0))
+    assert semconv.INPUT_FEATURE_MIN not in a and semconv.INPUT_FEATURE_MAX not in a
+
+
+def test_raw_capture_is_opt_in_and_masks(make, fitted, data):
+    X, _ = data
+    inst = make(capture_raw=True, mask_features=("mean texture",))
+    fitted.predict(X.iloc[:10])
+    a = inst.roots()[0].attributes
+    assert a[semconv.INPUT_FEATURE_MIN][0] == pytest.approx(X.iloc[:10, 0].min())
+    assert a[semconv.INPUT_FEATURE_MAX][1] == 0.0  # masked
+
+
+def test_no_raw_value_leaves_by_default(instrumented, data):
+    X, y = data
+    sentinel = 987654.321
+    model = LogisticRegression(max_iter=3000).fit(X, y)
+    row = X.iloc[:1].copy()
+    row.iloc[0, 3] = sentinel
+    model.predict_proba(row)
+    batch = X.iloc[:10].copy()
+    batch.iloc[4, 3] = sentinel
+    model.predict(batch)
+    instrumented.flush()
+    dumped = repr([dict(s.attributes) for s in instrumented.finished()])
+    dumped += repr(instrumented.metrics.exports)
+    assert "987654" not in dumped
+
+
+def test_attribute_count_is_bounded_whatever_the_features(instrumented):
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(200, 500))
+    y = (X[:, 0] > 0).astype(int)
+    model = LogisticRegression(max_iter=200).fit(X, y)
+    model.predict_proba(X[:50])
+    root = [s for s in instrumented.roots() if s.name.startswith("predict_proba")][0]
+    assert len(root.attributes) < 40
+    assert len(root.attributes[semconv.INPUT_FEATURE_NAMES]) == 32
+    assert root.attributes[semconv.INPUT_FEATURES_TRUNCATED] == 468
+
+
+def test_identity_from_pickle_and_joblib_files(instrumented, fitted, tmp_path):
+    path = tmp_path / "credit_risk.pkl"
+    with open(path, "wb") as fh:
+        pickle.dump(fitted, fh)
+    with open(path, "rb") as fh:
+        loaded = pickle.load(fh)
+    loaded.predict(np.zeros((1, 30)))
+    a = instrumented.roots()[-1].attributes
+    assert a[semconv.MODEL_NAME] == "credit_risk"
+    assert a[semconv.MODEL_ID] == hashlib.sha256(path.read_bytes()).hexdigest()[:12]
+    joblib.dump(fitted, tmp_path / "churn.joblib")
+    joblib.load(tmp_path / "churn.joblib").predict(np.zeros((1, 30)))
+    assert instrumented.roots()[-1].attributes[semconv.MODEL_NAME] == "churn"
+
+
+def test_identity_from_environment_and_code(make, fitted, data):
+    X, _ = data
+    inst = make(model_name="fraud", model_version="7")
+    fitted.predict(X.iloc[:1])
+    assert inst.roots()[-1].attributes[semconv.MODEL_VERSION] == "7"
+    assert inst.roots()[-1].name == "predict fraud"
+    other = LinearRegression().fit(X.iloc[:, :3], X.iloc[:, 3])
+    set_model_identity(other, name="area", version="2")
+    other.predict(X.iloc[:2, :3])
+    a = inst.roots()[-1].attributes
+    assert (a[semconv.MODEL_NAME], a[semconv.MODEL_VERSION], a[semconv.MODEL_TYPE]) == ("area", "2", "regression")
+
+
+def test_classes_defined_after_instrumentation_are_patched(instrumented, data):
+    X, y = data
+
+    class Threshold(ClassifierMixin, BaseEstimator):
+        def fit(self, X, y):
+            self.classes_ = np.unique(y)
+            return self
+
+        def predict(self, X):
+            return (np.asarray(X)[:, 0] > 15).astype(int)
+
+    model = Threshold().fit(X, y)
+    model.predict(X.iloc[:3])
+    assert [s.name for s in instrumented.finished()] == ["fit Threshold", "predict Threshold"]
+
+
+def test_column_transformer_and_random_forest(instrumented, data):
+    X, y = data
+    pre = ColumnTransformer([("scale", StandardScaler(), list(X.columns[:10]))], remainder="passthrough")
+    model = make_pipeline(pre, RandomForestClassifier(n_estimators=5, random_state=0)).fit(X, y)
+    instrumented.spans.clear()
+    model.predict_proba(X.iloc[:20])
+    names = [s.name for s in instrumented.finished()]
+    assert names.count("predict_proba Pipeline") == 1
+    assert "transform ColumnTransformer" in names and "predict_proba RandomForestClassifier" in names
+
+
+def test_uninstrument_restores_every_method(make, fitted, data):
+    inst = make()
+    inst.instrumentor.uninstrument()
+    original = LogisticRegression.__dict__["predict_proba"]
+    original_load = pickle.load
+    inst = make()
+    assert LogisticRegression.__dict__["predict_proba"] is not original
+    inst.instrumentor.uninstrument()
+    assert LogisticRegression.__dict__["predict_proba"] is original
+    assert pickle.load is original_load
+    fitted.predict(data[0].iloc[:1])
+    assert inst.finished() == []
+
+
+def test_concurrent_calls_are_all_counted(instrumented, fitted, data):
+    X, _ = data
+    errors: list[BaseException] = []
+
+    def work() -> None:
+        try:
+            for _ in range(50):
+                fitted.predict_proba(X.iloc[:3])
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    assert len(instrumented.roots()) == 400
+    metrics = instrumented.flush()
+    assert metrics.value(semconv.INPUT_ROWS_METRIC, ml__operation__name="predict_proba") == 1200
+
+
+def test_failures_inside_otel_ml_are_counted_not_raised(instrumented, fitted, data, monkeypatch, caplog):
+    X, _ = data
+    telemetry = instrumented.telemetry
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("bug in otel-ml")
+
+    monkeypatch.setattr(telemetry, "_span_attributes", broken)
+    expected = fitted.predict_proba(X.iloc[:2])
+    assert np.array_equal(fitted.predict_proba(X.iloc[:2]), expected)
+    metrics = instrumented.flush()
+    assert metrics.value(semconv.INSTRUMENTATION_ERRORS, error__type="RuntimeError") == 2
+    assert sum("bug in otel-ml" in r.getMessage() or r.exc_info is not None for r in caplog.records) == 1
+
+
+def test_missing_values_are_counted_per_feature(instrumented):
+    from sklearn.ensemble import HistGradientBoostingClassifier
+
+    rng = np.random.default_rng(1)
+    X = rng.normal(size=(300, 3))
+    y = (X[:, 0] > 0).astype(int)
+    model = HistGradientBoostingClassifier(max_iter=10).fit(X, y)
+    batch = X[:20].copy()
+    batch[:5, 1] = np.nan
+    model.predict(batch)
+    metrics = instrumented.flush()
+    assert metrics.value(semconv.INPUT_MISSING, ml__feature__name="x1") == 5
+    assert metrics.value(semconv.INPUT_MISSING, ml__feature__name="x0") == 0
