@@ -302,7 +302,7 @@ def configured_exporter() -> tuple[MetricExporter | None, Resource | None]:
     sdk_config = getattr(provider, "_sdk_config", None)
     if sdk_config is None:
         return None, None
-    for reader in getattr(sdk_config, "metric_readers", ()):
+    for reader in getattr(provider, "_metric_readers", ()):
         exporter = getattr(reader, "_exporter", None)
         if exporter is None:
             continue
