@@ -81,8 +81,8 @@ pid_of() { # NAME -> pid if the process from the pid file is alive (and still ru
   [[ -f "$f" ]] || return 1
   pid="$(cat "$f")"
   [[ -n "$pid" ]] && alive "$pid" || return 1
-  if [[ -f "$PIDS/$1.cmd" ]]; then  # guard against a recycled pid
-    want="$(readlink -f "$(head -n 1 "$PIDS/$1.cmd")" 2>/dev/null || true)"
+  if [[ -f "$PIDS/$1.exe" ]]; then  # guard against a recycled pid: same executable as launched
+    want="$(cat "$PIDS/$1.exe")"
     have="$(readlink -f "/proc/$pid/exe" 2>/dev/null || true)"
     [[ -z "$want" || -z "$have" || "$want" == "$have" ]] || return 1
   fi
@@ -140,6 +140,9 @@ launch() {
   if pid="$(pid_of "$name")"; then
     if [[ -z "$url" ]] || is_healthy "$url"; then
       log "$name already running (pid $pid)"
+      if [[ "$(readlink -f "$1")" != "$(cat "$PIDS/$name.exe" 2>/dev/null)" ]]; then
+        log "WARNING: $name runs an older build of $1; '$0 restart $name' picks up the new one"
+      fi
       return 0
     fi
     log "$name running (pid $pid) but not healthy yet, waiting"
@@ -155,6 +158,7 @@ launch() {
     pid=$!
     echo "$pid" > "$PIDS/$name.pid"
     printf '%s\n' "$@" > "$PIDS/$name.cmd"
+    readlink -f "$1" > "$PIDS/$name.exe"
     [[ -n "$url" ]] && echo "$url" > "$PIDS/$name.health"
     log "$name started (pid $pid), log $LOGS/$name.log"
   fi
@@ -194,7 +198,7 @@ stop_component() {
   else
     log "$name not running"
   fi
-  rm -f "$PIDS/$name.pid" "$PIDS/$name.cmd" "$PIDS/$name.health"
+  rm -f "$PIDS/$name.pid" "$PIDS/$name.cmd" "$PIDS/$name.exe" "$PIDS/$name.health"
 }
 
 known_names() { # all components with a pid file, plus the standard ones

@@ -367,27 +367,24 @@ def test_span_metrics_reach_prometheus(stack):
 
 @pytest.mark.e2e
 def test_log_records_reach_gateway_file(stack):
-    import logging
-
+    from opentelemetry._logs import LogRecord, SeverityNumber
     from opentelemetry.exporter.otlp.proto.grpc._log_exporter import OTLPLogExporter
-    from opentelemetry.sdk._logs import LoggerProvider, LoggingHandler
+    from opentelemetry.sdk._logs import LoggerProvider
     from opentelemetry.sdk._logs.export import SimpleLogRecordProcessor
     from opentelemetry.sdk.resources import Resource
 
     service = f"otel-ml-e2e-logs-{uuid.uuid4().hex[:8]}"
     provider = LoggerProvider(resource=Resource.create({"service.name": service}))
     provider.add_log_record_processor(SimpleLogRecordProcessor(OTLPLogExporter(endpoint=AGENT_OTLP, insecure=True)))
-    logger = logging.getLogger(f"otel-ml-tests.{service}")
-    logger.propagate = False
-    handler = LoggingHandler(logger_provider=provider)
-    logger.addHandler(handler)
     try:
-        logger.warning(
-            "prediction record",
-            extra={"ml.model.name": "churn", "ml.record.kind": "prediction", "ml.input.raw": "[[1, 2]]"},
+        provider.get_logger("otel-ml-collector-tests").emit(
+            LogRecord(
+                body="prediction record",
+                severity_number=SeverityNumber.INFO,
+                attributes={"ml.model.name": "churn", "ml.record.kind": "prediction", "ml.input.raw": "[[1, 2]]"},
+            )
         )
     finally:
-        logger.removeHandler(handler)
         provider.shutdown()
 
     path = Path(os.environ.get("OTEL_ML_GATEWAY_LOGS_FILE", ROOT / ".stack" / "gateway" / "logs.jsonl"))
@@ -409,3 +406,14 @@ def test_log_records_reach_gateway_file(stack):
     }
     assert attrs["ml.model.name"] == {"stringValue": "churn"}
     assert "ml.input.raw" not in attrs
+
+    # The count connector turns log records into ml_log_records_total (delta -> cumulative -> remote write).
+    query = f'ml_log_records_total{{service_name="{service}",ml_model_name="churn",ml_record_kind="prediction"}}'
+    deadline = time.monotonic() + 60
+    result: list = []
+    while time.monotonic() < deadline:
+        result = requests.get(f"{PROMETHEUS_API}/api/v1/query", params={"query": query}, timeout=5).json()["data"]["result"]
+        if result and float(result[0]["value"][1]) >= 1:
+            break
+        time.sleep(2)
+    assert result and float(result[0]["value"][1]) == 1, f"{query}: {result}"
