@@ -105,11 +105,11 @@ INPUT_ERRORS = "ml.input.errors"  # counter, {request}; attr error.type (rejecte
 PREDICTION_SCORE_METRIC = "ml.prediction.score"  # histogram, 1
 PREDICTION_COUNT = "ml.prediction.count"  # counter, {prediction}; attr ml.prediction.label
 FEATURE_BIN_COUNT = "ml.feature.bin.count"  # counter, {row}; attrs ml.feature.name, ml.bin.index
-BASELINE_BIN_FRACTION = "ml.baseline.bin.fraction"  # gauge, 1; attrs ml.feature.name, ml.bin.index
+BASELINE_BIN_FRACTION = "ml.baseline.bin.fraction"  # gauge, no unit; attrs ml.feature.name, ml.bin.index
 VALIDATION_VIOLATIONS_METRIC = "ml.validation.violations"  # counter, {violation}
-DRIFT_SCORE_METRIC = "ml.drift.score"  # gauge, 1; attrs ml.feature.name, ml.drift.method
-DRIFT_SHARE_METRIC = "ml.drift.share"  # gauge, 1
-PERFORMANCE = "ml.performance"  # gauge, 1; attr ml.performance.metric
+DRIFT_SCORE_METRIC = "ml.drift.score"  # gauge, no unit; attrs ml.feature.name, ml.drift.method
+DRIFT_SHARE_METRIC = "ml.drift.share"  # gauge, no unit
+PERFORMANCE = "ml.performance"  # gauge, no unit; attr ml.performance.metric
 OUTCOME_COUNT = "ml.outcome.count"  # counter, {outcome}; attr ml.outcome.joined (true/false)
 INSTRUMENTATION_ERRORS = "ml.instrumentation.errors"  # counter, {error}; attr error.type
 
@@ -121,7 +121,8 @@ UNIT_PREDICTIONS = "{prediction}"
 UNIT_VIOLATIONS = "{violation}"
 UNIT_OUTCOMES = "{outcome}"
 UNIT_ERRORS = "{error}"
-UNIT_RATIO = "1"
+UNIT_RATIO = "1"  # histograms of dimensionless values
+UNIT_GAUGE = ""  # dimensionless gauges: no unit, so Prometheus adds no "_ratio" suffix
 
 # Explicit bucket boundaries
 DURATION_BUCKETS = (
