@@ -84,6 +84,7 @@ pid_of() { # NAME -> pid if the process from the pid file is alive (and still ru
   if [[ -f "$PIDS/$1.exe" ]]; then  # guard against a recycled pid: same executable as launched
     want="$(cat "$PIDS/$1.exe")"
     have="$(readlink -f "/proc/$pid/exe" 2>/dev/null || true)"
+    have="${have% (deleted)}"  # the file was replaced by a forced rebuild
     [[ -z "$want" || -z "$have" || "$want" == "$have" ]] || return 1
   fi
   echo "$pid"
