@@ -219,8 +219,9 @@ class Baseline:
         ``"quantile"`` (default) or ``"uniform"`` (equal width between the sample's min and max).
     edges:
         Inner bin edges to use instead of computing them: a mapping feature name -> edges, or another
-        :class:`Baseline` (its edges). Baselines with equal edges merge; fitting parts of a data set with
-        ``edges=`` of the whole is how partial baselines are made mergeable.
+        :class:`Baseline` (its feature edges, score edges and calibration's positive label). Baselines
+        with equal edges merge; fitting parts of a data set with ``edges=`` of the whole (or of a
+        baseline fitted on a sample of it) is how partial baselines are made mergeable.
     sample_size:
         Rows (uniform random, without replacement) on which quantile edges are computed. Quantile error
         is about ``1/sqrt(sample_size)`` in bin fraction; bin counts and moments use every row.
@@ -383,11 +384,15 @@ class Baseline:
         self.target = None
         self.calibration = None
         s = None
+        like = self.edges.prediction if isinstance(self.edges, Baseline) else None
         if scores is not None:
             s, source = reduce_scores(scores)
             finite = s[np.isfinite(s)]
             is_prob = finite.size > 0 and finite.min() >= 0.0 and finite.max() <= 1.0
-            if is_prob:
+            if like and "score_edges" in like:  # score bins of the baseline given as edges=
+                is_prob = like["score_kind"] == SCORE_PROBABILITY
+                edges = list(like["score_edges"])
+            elif is_prob:
                 edges = [float(e) for e in SCORE_BUCKETS]
             else:
                 qs = np.linspace(0.0, 1.0, len(SCORE_BUCKETS) + 2)[1:-1]
@@ -410,8 +415,10 @@ class Baseline:
             if len(labels) <= 1000:
                 self.target = {"classes": labels, "class_counts": counts}
             if s is not None and self.prediction and self.prediction["score_kind"] == SCORE_PROBABILITY:
+                given = self.edges.calibration if isinstance(self.edges, Baseline) else None
                 self.calibration = _calibration(np.asarray(y), s, source, predictions,
-                                                self.prediction["score_edges"])
+                                                self.prediction["score_edges"],
+                                                given.get("positive_label") if given else None)
 
     # ------------------------------------------------------------------------------------------------
     # serving-time API
@@ -467,7 +474,7 @@ class Baseline:
 
     @property
     def baseline_id(self) -> str:
-        """Content hash of the baseline (16 hex digits): equal statistics, equal id."""
+        """Content hash of the baseline (16 hex digits): equal statistics (to 12 digits), equal id."""
         return _content_id(self._body())
 
     def bin_labels(self, feature: int | str) -> list[str]:
@@ -758,8 +765,20 @@ def _missing(value: Any) -> bool:
     return False
 
 
+def _rounded(value: Any) -> Any:
+    if isinstance(value, float):
+        return float(f"{value:.12g}")
+    if isinstance(value, dict):
+        return {k: _rounded(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_rounded(v) for v in value]
+    return value
+
+
 def _content_id(body: dict[str, Any]) -> str:
-    doc = {k: v for k, v in body.items() if k != "baseline_id"}
+    """sha256 of the canonical JSON, floats to 12 significant digits (so that summing in another order,
+    e.g. chunk by chunk, gives the same id)."""
+    doc = _rounded({k: v for k, v in body.items() if k != "baseline_id"})
     text = json.dumps(doc, sort_keys=True, separators=(",", ":"), allow_nan=False)
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
 
@@ -777,7 +796,7 @@ def _class_counts(values: Any) -> tuple[list[Any], list[int]]:
 
 
 def _calibration(y: np.ndarray, s: np.ndarray, source: str, predictions: Any,
-                 edges: list[float]) -> dict[str, Any] | None:
+                 edges: list[float], positive: Any = None) -> dict[str, Any] | None:
     y = y.reshape(-1)
     if y.shape[0] != s.shape[0]:
         return None
@@ -788,7 +807,8 @@ def _calibration(y: np.ndarray, s: np.ndarray, source: str, predictions: Any,
         hits = np.asarray(predictions).reshape(-1) == y
         kind, positive = "confidence", None
     elif labels.size <= 2:
-        positive = labels[-1] if labels.size else 1
+        if positive is None:
+            positive = labels[-1] if labels.size else 1
         hits = y == positive
         kind = "binary"
     else:
