@@ -16,6 +16,7 @@ from __future__ import annotations
 import collections
 import logging
 import threading
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -32,6 +33,7 @@ _log = logging.getLogger("otel_ml")
 QUEUE_LIMIT = 10_000  # observations waiting for the aggregator
 DRAIN_INTERVAL = 0.05  # seconds
 OTHER = "__other__"  # attribute value for features and classes beyond the configured caps
+PREDICTION_FEATURE = "__prediction_score__"  # ml.feature.name of the prediction-score bins
 DROPPED = "ml.observations.dropped"
 
 
@@ -47,6 +49,7 @@ class Aggregator:
         self._drain_lock = threading.Lock()
         self._labels: dict[tuple, set[str]] = {}
         self.passthrough_errors: tuple[type[BaseException], ...] = ()
+        self._monitored: weakref.WeakSet[ModelState] = weakref.WeakSet()  # states with a drift monitor
         self._declare_instruments()
 
     def _declare_instruments(self) -> None:
@@ -64,6 +67,16 @@ class Aggregator:
                                  "Missing or non-finite input values by feature")
         self.dropped = s.counter(DROPPED, "{observation}",
                                  "Observations dropped because the aggregator queue was full")
+        self.bins = s.counter(semconv.FEATURE_BIN_COUNT, semconv.UNIT_ROWS,
+                              "Input values per feature and baseline bin (sum replicas for the fleet distribution)")
+        self.baseline_fractions = s.gauge(semconv.BASELINE_BIN_FRACTION, semconv.UNIT_GAUGE,
+                                          "Reference fraction of each baseline bin")
+        self.violations = s.counter(semconv.VALIDATION_VIOLATIONS_METRIC, semconv.UNIT_VIOLATIONS,
+                                    "Input violations of the baseline by feature and check")
+        self.drift_scores = s.gauge(semconv.DRIFT_SCORE_METRIC, semconv.UNIT_GAUGE,
+                                    "Drift of the latest closed window against the baseline, by feature and method")
+        self.drift_share = s.gauge(semconv.DRIFT_SHARE_METRIC, semconv.UNIT_GAUGE,
+                                   "Share of drifted features in the latest closed window")
 
     # -- threads ------------------------------------------------------------------------------------
     def start(self) -> None:
@@ -90,6 +103,10 @@ class Aggregator:
         while not self._stopped:
             self._wake.wait(DRAIN_INTERVAL)
             self.drain()
+            try:
+                self._tick_drift_windows()
+            except Exception as exc:
+                self._on_error("drift_window", exc)
 
     # -- the request thread's only call ----------------------------------------------------------------
     def submit(self, observation: Observation) -> None:
@@ -114,6 +131,8 @@ class Aggregator:
         _, _, op_key = state.operation(obs.operation)
         duration_key = op_key + ((semconv.ERROR_TYPE, obs.error_type),) if obs.error_type else op_key
         self.duration.record(duration_key, obs.duration)
+        if obs.validation is not None:
+            self._count_violations(state, obs.validation)
         if obs.error_type is not None:
             return
         self.rows.add(op_key, obs.n_rows)
@@ -143,8 +162,10 @@ class Aggregator:
             self.classes.add_many(keys, counts.tolist())
 
     def _count_inputs(self, state: ModelState, obs: Observation) -> None:
-        names = state.feature_names or frame.feature_names_of(obs.inputs)
-        table = frame.as_table(obs.inputs, names)
+        validation = obs.validation
+        table = getattr(validation, "table", None)
+        if table is None or table.sampled:
+            table = frame.as_table(obs.inputs, frame.feature_names_of(obs.inputs) or state.feature_names)
         missing = table.missing_counts()
         if missing.any():
             cap = self.config.max_features
@@ -153,21 +174,117 @@ class Aggregator:
             self.missing.add_many(keys, missing.tolist())
         if state.baseline is not None:
             self._count_drift(state, obs, table)
-        if obs.validation is not None:
-            self._count_violations(state, obs.validation)
 
-    # -- baselines, drift and validation (filled in with otel_ml.baseline / drift / validation) ------------
+    # -- baselines, validation and drift ------------------------------------------------------------------
     def attach_baseline(self, model: Any, state: ModelState) -> None:
-        """Find the model's baseline and build its validator and drift monitor."""
+        """Find the model's baseline: carried inside the model (captured at fit), ``OTEL_ML_BASELINE_PATH``,
+        or ``<model file stem>.baseline.json`` next to the file the model was loaded from."""
+        from otel_ml.baseline import Baseline, find_baseline
+
+        baseline = Baseline.from_model_attribute(model)
+        if baseline is None:
+            baseline = find_baseline(state.identity.path, self.config.baseline_path)
+        if baseline is not None:
+            self.use_baseline(state, baseline)
+
+    def use_baseline(self, state: ModelState, baseline: Any) -> None:
+        """Validate and monitor ``state``'s model against ``baseline`` from now on."""
+        from otel_ml.drift import DriftMonitor
+        from otel_ml.validation import InputValidationError, Validator
+
+        config = self.config
+        self.passthrough_errors = (InputValidationError,)
+        if state.feature_names is None:
+            state.feature_names = list(baseline.feature_names)
+        names = list(baseline.feature_names)[: config.max_features]
+        nbins = baseline.n_bins_per_feature[: len(names)]
+        state.bin_keys = [state.metric_key + ((semconv.FEATURE_NAME, name), (semconv.BIN_INDEX, b))
+                          for name, n in zip(names, nbins) for b in range(int(n))]
+        state.bin_mask = np.zeros(baseline.reference_fractions.shape, dtype=bool)
+        for j, n in enumerate(nbins):
+            state.bin_mask[j, : int(n)] = True
+        fractions = baseline.reference_fractions[state.bin_mask]
+        for key, value in zip(state.bin_keys, fractions.tolist()):
+            self.baseline_fractions.set(key, value)
+        if baseline.score_fractions is not None:
+            for b, value in enumerate(baseline.score_fractions.tolist()):
+                self.baseline_fractions.set(state.metric_key + ((semconv.FEATURE_NAME, PREDICTION_FEATURE),
+                                                                (semconv.BIN_INDEX, b)), value)
+        state.validator = Validator(baseline, range_margin=config.validation_range_margin,
+                                    completeness_tolerance=config.validation_completeness_tolerance,
+                                    strict=config.validation_strict, max_events=config.max_violation_events)
+        state.drift = DriftMonitor.from_config(baseline, config)
+        state.baseline = baseline
+        self._monitored.add(state)
 
     def validate(self, state: ModelState, inputs: Any, span: Any) -> Any:
-        return None
+        """Check one call's inputs on the request path (strict mode raises from here)."""
+        table = frame.as_table(inputs, frame.feature_names_of(inputs) or state.feature_names,
+                               max_rows=self.config.summary_max_rows)
+        result = state.validator.check(table)
+        result.table = table
+        if result.total and span.is_recording():
+            span.set_attribute(semconv.VALIDATION_VIOLATIONS, result.total)
+            for violation in result.violations[: self.config.max_violation_events]:
+                attributes = {semconv.FEATURE_NAME: violation.feature, semconv.VALIDATION_CHECK: violation.check}
+                if self.config.capture_raw and violation.value is not None \
+                        and violation.feature not in self.config.mask_features:
+                    value = violation.value
+                    attributes[semconv.FEATURE_VALUE] = value if isinstance(value, (int, float, str)) else str(value)
+                span.add_event(semconv.EVENT_VALIDATION_VIOLATION, attributes)
+        return result
 
-    def capture_baseline(self, model: Any, inputs: Any, attribute: str = BASELINE_ATTRIBUTE) -> None:
-        """Fit a baseline on training inputs and store it, as plain JSON-able data, in the model."""
+    def capture_baseline(self, model: Any, inputs: Any, targets: Any = None, scores: Any = None) -> None:
+        """Fit a baseline on training inputs and store it, as plain JSON-able data, inside the model."""
+        from otel_ml.baseline import Baseline
+
+        baseline = Baseline().fit(inputs, y=targets, scores=scores, feature_names=frame.feature_names_of(inputs))
+        setattr(model, BASELINE_ATTRIBUTE, baseline.to_model_attribute())
 
     def _count_drift(self, state: ModelState, obs: Observation, table: frame.Table) -> None:
-        pass
+        baseline = state.baseline
+        counts = baseline.bin_counts(table)
+        self.bins.add_many(state.bin_keys, counts[state.bin_mask].tolist())
+        score_counts = None
+        predictions = obs.read_predictions()
+        if predictions is not None and predictions.scores is not None and baseline.score_fractions is not None:
+            score_counts = baseline.score_bin_counts(predictions.scores)
+        report = state.drift.add(counts, score_counts, n_rows=table.rows_kept)
+        if report is not None:
+            self._publish_drift(state, report)
+
+    def _publish_drift(self, state: ModelState, report: Any) -> None:
+        cap = set(list(state.baseline.feature_names)[: self.config.max_features])
+        for feature, method, value in report.gauges():
+            if feature in cap:
+                self.drift_scores.set(state.metric_key + ((semconv.FEATURE_NAME, feature),
+                                                          (semconv.DRIFT_METHOD, method)), value)
+        for method, value in report.prediction_scores.items():
+            if value == value:
+                self.drift_scores.set(state.metric_key + ((semconv.FEATURE_NAME, PREDICTION_FEATURE),
+                                                          (semconv.DRIFT_METHOD, method)), value)
+        self.drift_share.set(state.metric_key, report.drift_share)
+        state.drift_detected = bool(report.drifted.any() or report.prediction_drift)
+        if state.drift_detected:
+            state.pending_drift_event = {
+                semconv.DRIFT_SHARE: float(report.drift_share),
+                semconv.DRIFT_WINDOW_ROWS: int(report.n_rows),
+                semconv.FEATURE_NAME: list(report.drifted_features)[: self.config.max_features],
+                semconv.BASELINE_ID: report.baseline_id or "",
+            }
+
+    def _tick_drift_windows(self) -> None:
+        for state in list(self._monitored):
+            report = state.drift.tick()
+            if report is not None:
+                self._publish_drift(state, report)
 
     def _count_violations(self, state: ModelState, validation: Any) -> None:
-        pass
+        cap = self.config.max_features
+        names = list(state.baseline.feature_names)[:cap] if state.baseline is not None else []
+        keys, amounts = [], []
+        for (feature, check), count in validation.counts.items():
+            name = feature if feature in names or len(names) < cap else OTHER
+            keys.append(state.metric_key + ((semconv.FEATURE_NAME, name), (semconv.VALIDATION_CHECK, check)))
+            amounts.append(count)
+        self.violations.add_many(keys, amounts)

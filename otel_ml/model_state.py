@@ -66,6 +66,9 @@ class ModelState:
         self.validator: Any = None
         self.drift: Any = None
         self.drift_detected = False  # the latest closed drift window's verdict
+        self.pending_drift_event: dict | None = None  # put on the next span of this model, then cleared
+        self.bin_keys: list[tuple] = []  # metric keys of (feature, bin), in bin_mask order
+        self.bin_mask: Any = None
         self.lock = threading.Lock()  # guards the drift monitor (updated by the aggregator)
 
     def _model_type(self, model: Any, kind: str | None) -> str:

@@ -28,7 +28,7 @@ from otel_ml import frame, semconv
 from otel_ml.aggregator import Aggregator
 from otel_ml.config import Config
 from otel_ml.metrics import ExportLoop, MetricStore, configured_exporter, export_interval_seconds
-from otel_ml.model_state import BASELINE_ATTRIBUTE, ModelState, ModelStates
+from otel_ml.model_state import ModelState, ModelStates
 from otel_ml.observation import Observation
 from otel_ml.version import __version__
 
@@ -36,17 +36,21 @@ _log = logging.getLogger("otel_ml")
 
 TRAINING = frozenset({"fit", "fit_transform", "fit_predict", "partial_fit"})
 
+# The Call or Step in progress in this context (None outside any model call).
+ACTIVE: contextvars.ContextVar[Call | Step | None] = contextvars.ContextVar("otel_ml_active_call", default=None)
+
 
 class Call:
     """An outermost model call in progress (also the parent of its steps' child spans)."""
 
-    __slots__ = ("model", "state", "operation", "span", "inputs", "n_rows", "start", "children",
+    __slots__ = ("model", "state", "operation", "span", "inputs", "targets", "n_rows", "start", "children",
                  "_context", "validation")
 
     def __init__(self, model: Any, state: ModelState, operation: str, span: Any, inputs: Any,
                  n_rows: int) -> None:
         self.model, self.state, self.operation, self.span = model, state, operation, span
         self.inputs, self.n_rows = inputs, n_rows
+        self.targets: Any = None  # y of a training call
         self.children = 0
         self._context = None
         self.validation = None
@@ -104,12 +108,15 @@ class Telemetry:
             self.exporter = ExportLoop(self.store, metric_exporter, export_interval or export_interval_seconds(),
                                        before_collect=self.aggregator.drain)
         self.listeners: list[Callable[[Observation], None]] = []
-        # errors otel-ml raises on purpose (strict input validation); everything else is swallowed
-        self.passthrough_errors: tuple[type[BaseException], ...] = self.aggregator.passthrough_errors
         self._logged: set[tuple[str, str]] = set()
         self._pid = os.getpid()
         self._started = False
         self._start_lock = threading.Lock()
+
+    @property
+    def passthrough_errors(self) -> tuple[type[BaseException], ...]:
+        """Errors otel-ml raises on purpose (strict input validation); every other error is swallowed."""
+        return self.aggregator.passthrough_errors
 
     # -- lifecycle ------------------------------------------------------------------------------
     def _ensure_started(self) -> None:
@@ -191,6 +198,10 @@ class Telemetry:
             observation = self._observation(call, output, duration, None)
             if span.is_recording():
                 span.set_attributes(self._span_attributes(call, observation))
+                event = call.state.pending_drift_event
+                if event is not None:
+                    call.state.pending_drift_event = None
+                    span.add_event(semconv.EVENT_DRIFT_WINDOW, event)
             self._publish(observation)
         except Exception as exc:
             self.internal_error("end", exc)
@@ -277,13 +288,22 @@ class Telemetry:
         return attributes
 
     def _after_fit(self, call: Call) -> None:
-        """A refitted model gets a new state; optionally capture its baseline from the training data."""
+        """A refitted model gets a new state; optionally capture its baseline from the training data.
+
+        The baseline's score distribution comes from the fitted model's own predictions on (at most
+        ``CAPTURE_SCORE_ROWS`` evenly spaced rows of) the training data, computed without spans.
+        """
         self.states.forget(call.model)
-        if self.config.capture_baseline and call.inputs is not None and call.operation != "partial_fit":
-            try:
-                self.aggregator.capture_baseline(call.model, call.inputs, BASELINE_ATTRIBUTE)
-            except Exception as exc:
-                self.internal_error("capture_baseline", exc)
+        if not (self.config.capture_baseline and call.inputs is not None and call.operation != "partial_fit"):
+            return
+        token = ACTIVE.set(call)  # calls below are "inside" this fit: no spans, no observations
+        try:
+            scores = _training_scores(call.model, call.inputs)
+            self.aggregator.capture_baseline(call.model, call.inputs, call.targets, scores)
+        except Exception as exc:
+            self.internal_error("capture_baseline", exc)
+        finally:
+            ACTIVE.reset(token)
 
     # -- steps inside a composite model ----------------------------------------------------------------
     def begin_step(self, parent: Call | Step, model: Any, operation: str) -> Step | None:
@@ -302,6 +322,24 @@ class Telemetry:
             step.span.set_attribute(semconv.ERROR_TYPE, error_type(exc))
             step.span.set_status(Status(StatusCode.ERROR, f"{error_type(exc)}: {exc}"[:256]))
         step.span.end()
+
+
+CAPTURE_SCORE_ROWS = 5000
+
+
+def _training_scores(model: Any, inputs: Any) -> Any:
+    """Scores of a fitted model on (a sample of) its training inputs, or None for non-scoring models."""
+    method = getattr(model, "predict_proba", None) or getattr(model, "decision_function", None)
+    if method is None:
+        return None
+    n = frame.n_rows_of(inputs)
+    if n > CAPTURE_SCORE_ROWS:
+        rows = np.linspace(0, n - 1, CAPTURE_SCORE_ROWS).astype(np.intp)
+        inputs = inputs.iloc[rows] if hasattr(inputs, "iloc") else inputs[rows]
+    try:
+        return method(inputs)
+    except Exception:  # a model that cannot score its own training data: baseline without scores
+        return None
 
 
 def _finite(value: float) -> float:
@@ -344,7 +382,3 @@ def _prediction_attributes(predictions: Any, n_rows: int, max_classes: int) -> d
                 semconv.PREDICTION_SCORE_P90: float(p90),
             })
     return attributes
-
-
-# The Call or Step in progress in this context (None outside any model call).
-ACTIVE: contextvars.ContextVar[Call | Step | None] = contextvars.ContextVar("otel_ml_active_call", default=None)

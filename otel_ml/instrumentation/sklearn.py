@@ -45,6 +45,7 @@ from otel_ml.telemetry import ACTIVE, Call, Step, Telemetry
 _log = logging.getLogger("otel_ml")
 
 _INPUT_KEYWORDS = ("X", "raw_documents")
+_TRAINING = frozenset({"fit", "fit_transform", "fit_predict", "partial_fit"})
 
 
 def _inputs(args: tuple, kwargs: dict) -> Any:
@@ -89,6 +90,8 @@ class _Patcher:
         telemetry = self.telemetry
         try:
             call: Call = telemetry.begin(instance, method, _inputs(args, kwargs))
+            if method in _TRAINING:
+                call.targets = args[1] if len(args) > 1 else kwargs.get("y")
         except telemetry.passthrough_errors:
             raise  # strict input validation: the caller asked for this error
         except Exception as exc:

@@ -1,0 +1,128 @@
+"""Baselines found without code, validation on the request path, drift windows off it."""
+
+from __future__ import annotations
+
+import pickle
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+
+from otel_ml import semconv
+from otel_ml.baseline import Baseline
+from otel_ml.drift import psi
+from otel_ml.validation import InputValidationError
+
+RNG = np.random.default_rng(7)
+X = RNG.normal(size=(4000, 3))
+Y = (X[:, 0] > 0).astype(int)
+
+
+@pytest.fixture(scope="module")
+def model_file(tmp_path_factory):
+    """A pickled pipeline with ``credit.baseline.json`` beside it."""
+    folder = tmp_path_factory.mktemp("models")
+    model = make_pipeline(StandardScaler(), LogisticRegression()).fit(X, Y)
+    with open(folder / "credit.pkl", "wb") as fh:
+        pickle.dump(model, fh)
+    Baseline().fit(X, scores=model.predict_proba(X)).save(folder / "credit.baseline.json")
+    return folder / "credit.pkl"
+
+
+def _load(path):
+    with open(path, "rb") as fh:
+        return pickle.load(fh)
+
+
+def test_baseline_next_to_the_model_drives_drift_gauges_and_span_flags(make, model_file):
+    inst = make(drift_window_rows=500, drift_min_rows=100)
+    model = _load(model_file)
+    shifted = X[:500].copy()
+    shifted[:, 1] += 3.0  # feature x1 moves three standard deviations
+    model.predict_proba(shifted)
+    metrics = inst.flush()
+    key = {"ml__model__name": "credit", "ml__feature__name": "x1", "ml__drift__method": "psi"}
+    assert metrics.value(semconv.DRIFT_SCORE_METRIC, **key) > 1.0
+    assert metrics.value(semconv.DRIFT_SCORE_METRIC, **{**key, "ml__feature__name": "x0"}) < 0.1
+    # the bin counters add up to the rows and reproduce the window's PSI exactly
+    baseline = Baseline.load(model_file.with_name("credit.baseline.json"))
+    counts = np.array([metrics.value(semconv.FEATURE_BIN_COUNT, ml__feature__name="x1", ml__bin__index=b)
+                       for b in range(baseline.n_bins_per_feature[1])])
+    assert counts.sum() == 500
+    reference = np.array([metrics.value(semconv.BASELINE_BIN_FRACTION, ml__feature__name="x1", ml__bin__index=b)
+                          for b in range(len(counts))])
+    assert psi(reference, counts) == pytest.approx(metrics.value(semconv.DRIFT_SCORE_METRIC, **key), rel=1e-9)
+    # the next call's span says the model drifted and carries the window event
+    model.predict_proba(X[:1])
+    span = inst.roots()[-1]
+    assert span.attributes[semconv.DRIFT_DETECTED] is True
+    (event,) = [e for e in span.events if e.name == semconv.EVENT_DRIFT_WINDOW]
+    assert "x1" in event.attributes[semconv.FEATURE_NAME]
+
+
+def test_no_drift_on_reference_like_traffic(make, model_file):
+    inst = make(drift_window_rows=1000, drift_min_rows=100)
+    model = _load(model_file)
+    fresh = np.random.default_rng(99).normal(size=(1000, 3))
+    model.predict_proba(fresh)
+    metrics = inst.flush()
+    assert metrics.value(semconv.DRIFT_SHARE_METRIC, ml__model__name="credit") == 0
+    model.predict(fresh[:1])
+    assert inst.roots()[-1].attributes[semconv.DRIFT_DETECTED] is False
+
+
+def test_violations_are_counted_and_named_without_values(make, model_file):
+    inst = make()
+    model = _load(model_file)
+    batch = X[:20].copy()
+    batch[3, 2] = 1e6
+    batch[4, 0] = np.inf
+    with pytest.raises(ValueError):  # the model itself rejects inf: still validated and counted
+        model.predict(batch)
+    batch[4, 0] = 0.0
+    model.predict(batch)
+    metrics = inst.flush()
+    assert metrics.value(semconv.VALIDATION_VIOLATIONS_METRIC, ml__feature__name="x2",
+                         ml__validation__check="out_of_range") == 2
+    assert metrics.value(semconv.VALIDATION_VIOLATIONS_METRIC, ml__feature__name="x0",
+                         ml__validation__check="non_finite") == 1
+    span = inst.roots()[-1]
+    assert span.attributes[semconv.VALIDATION_VIOLATIONS] == 1
+    (event,) = [e for e in span.events if e.name == semconv.EVENT_VALIDATION_VIOLATION]
+    assert event.attributes[semconv.FEATURE_NAME] == "x2"
+    assert semconv.FEATURE_VALUE not in event.attributes
+
+
+def test_strict_mode_raises_before_the_model_runs(make, model_file):
+    inst = make(validation_strict=True)
+    model = _load(model_file)
+    bad = X[:2].copy()
+    bad[1, 0] = -1e9
+    with pytest.raises(InputValidationError, match="x0") as raised:
+        model.predict(bad)
+    assert isinstance(raised.value, ValueError)
+    span = inst.roots()[-1]
+    assert span.attributes[semconv.ERROR_TYPE].endswith("InputValidationError")
+    assert not [s for s in inst.finished() if s.parent is not None]  # no step ran
+    assert model.predict(X[:2]).shape == (2,)
+
+
+def test_baseline_captured_at_fit_travels_in_the_pickle(make, tmp_path):
+    make(capture_baseline=True)
+    model = make_pipeline(StandardScaler(), LogisticRegression()).fit(X, Y)
+    carried = model._otel_ml_baseline
+    assert carried["format"] == "otel-ml/baseline"
+    baseline = Baseline.from_model_attribute(model)
+    assert baseline.feature_names == ["x0", "x1", "x2"] and baseline.score_fractions is not None
+    path = tmp_path / "captured.pkl"
+    path.write_bytes(pickle.dumps(model))
+    # a process without otel-ml importable still unpickles and predicts
+    code = ("import sys, pickle; sys.modules['otel_ml'] = None; "
+            f"m = pickle.load(open({str(path)!r}, 'rb')); print(m.predict([[0.0, 0.0, 0.0]])[0])")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() in ("0", "1")
