@@ -150,22 +150,19 @@ class Aggregator:
             return
         if predictions.scores is not None:
             self.scores.record_many(op_key, predictions.scores)
-        if predictions.labels is not None and len(predictions.labels):
-            names, counts = np.unique(predictions.labels.astype(str), return_counts=True)
+        names, counts = predictions.label_counts()
+        if names:
             seen = self._labels.setdefault(state.metric_key, set())
             keys = []
-            for name in names:
+            for name in map(str, names):
                 if name not in seen and len(seen) < self.config.max_classes:
                     seen.add(name)
                 label = name if name in seen else OTHER
                 keys.append(state.metric_key + ((semconv.PREDICTION_LABEL, label),))
-            self.classes.add_many(keys, counts.tolist())
+            self.classes.add_many(keys, counts)
 
     def _count_inputs(self, state: ModelState, obs: Observation) -> None:
-        validation = obs.validation
-        table = getattr(validation, "table", None)
-        if table is None or table.sampled:
-            table = frame.as_table(obs.inputs, frame.feature_names_of(obs.inputs) or state.feature_names)
+        table = obs.table()
         missing = table.missing_counts()
         if missing.any():
             cap = self.config.max_features
@@ -216,23 +213,6 @@ class Aggregator:
         state.drift = DriftMonitor.from_config(baseline, config)
         state.baseline = baseline
         self._monitored.add(state)
-
-    def validate(self, state: ModelState, inputs: Any, span: Any) -> Any:
-        """Check one call's inputs on the request path (strict mode raises from here)."""
-        table = frame.as_table(inputs, frame.feature_names_of(inputs) or state.feature_names,
-                               max_rows=self.config.summary_max_rows)
-        result = state.validator.check(table)
-        result.table = table
-        if result.total and span.is_recording():
-            span.set_attribute(semconv.VALIDATION_VIOLATIONS, result.total)
-            for violation in result.violations[: self.config.max_violation_events]:
-                attributes = {semconv.FEATURE_NAME: violation.feature, semconv.VALIDATION_CHECK: violation.check}
-                if self.config.capture_raw and violation.value is not None \
-                        and violation.feature not in self.config.mask_features:
-                    value = violation.value
-                    attributes[semconv.FEATURE_VALUE] = value if isinstance(value, (int, float, str)) else str(value)
-                span.add_event(semconv.EVENT_VALIDATION_VIOLATION, attributes)
-        return result
 
     def capture_baseline(self, model: Any, inputs: Any, targets: Any = None, scores: Any = None) -> None:
         """Fit a baseline on training inputs and store it, as plain JSON-able data, inside the model."""

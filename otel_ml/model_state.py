@@ -21,6 +21,17 @@ _log = logging.getLogger("otel_ml")
 BASELINE_ATTRIBUTE = "_otel_ml_baseline"  # where a baseline captured at fit time travels in the model
 
 
+def _is_composite(model: Any) -> bool:
+    """Whether the model's steps deserve child spans: pipelines, column transformers, feature unions and
+    meta-estimators (searches, calibration, voting, stacking, one-vs-rest), but not homogeneous ensembles,
+    whose hundred trees would bury the trace."""
+    mro = type(model).__mro__
+    if any(c.__name__ == "BaseEnsemble" and c.__module__.startswith("sklearn.ensemble") for c in mro):
+        return False
+    return any(c.__name__ in ("MetaEstimatorMixin", "_BaseComposition") and c.__module__.startswith("sklearn.")
+               for c in mro)
+
+
 def _sklearn_kind(model: Any) -> str | None:
     try:
         from sklearn import base
@@ -49,6 +60,7 @@ class ModelState:
         except TypeError:
             self.class_labels = None
         self.model_type = self._model_type(model, kind)
+        self.composite = _is_composite(model)
         names = getattr(model, "feature_names_in_", None)
         self.feature_names: list[str] | None = [str(n) for n in names] if names is not None else None
         self.metric_key: tuple = ((semconv.MODEL_NAME, self.identity.name),

@@ -1,8 +1,10 @@
 """What one model call produced, and the few numbers read off its output.
 
 An :class:`Observation` is built once per outermost model call and feeds everything else: span
-attributes (:mod:`otel_ml.telemetry`), metrics, drift and validation (the aggregator), outcome joins
-and prediction records.
+attributes (:mod:`otel_ml.telemetry`), metrics, drift and validation (:mod:`otel_ml.aggregator`),
+outcome joins and prediction records. Whatever is derived from it (the predictions' labels and
+scores, the input :class:`~otel_ml.frame.Table`, the prediction id) is computed at most once, by
+whoever needs it first, so the request path pays only for what the span shows.
 
 The *score* of a row is what a dashboard plots: for a binary classifier the probability of the
 positive class (``classes_[1]``), for a multiclass classifier the probability of the predicted class,
@@ -13,80 +15,138 @@ probability; ``ml.prediction.confidence.min`` is its lowest value in the call.
 >>> p = read_predictions("predict_proba", np.array([[0.9, 0.1], [0.2, 0.8]]), ["good", "bad"])
 >>> p.labels.tolist(), p.scores.tolist(), p.confidence_min
 (['good', 'bad'], [0.1, 0.8], 0.8)
+>>> p.label_counts()
+(['good', 'bad'], [1, 1])
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import random
 from typing import Any
 
 import numpy as np
+
+from otel_ml import frame
 
 PREDICTING_OPERATIONS = frozenset({"predict", "predict_proba", "predict_log_proba", "decision_function",
                                    "fit_predict"})
 
 
-@dataclass(slots=True)
 class Predictions:
-    labels: np.ndarray | None  # predicted labels as strings, or None (regression, decision scores)
-    scores: np.ndarray | None  # float64 per row, see the module docstring
-    confidence_min: float | None
+    """Labels, scores and lowest confidence of one call's output rows."""
+
+    __slots__ = ("scores", "confidence_min", "_top", "_classes", "_labels")
+
+    def __init__(self, scores: np.ndarray | None, confidence_min: float | None, top: np.ndarray | None = None,
+                 classes: list[str] | None = None, labels: np.ndarray | None = None) -> None:
+        self.scores = scores  # float64 per row, see the module docstring
+        self.confidence_min = confidence_min
+        self._top, self._classes, self._labels = top, classes, labels
+
+    @property
+    def labels(self) -> np.ndarray | None:
+        """Predicted label per row as strings (None for regression and decision values)."""
+        if self._labels is None and self._top is not None and self._classes is not None:
+            self._labels = np.asarray(self._classes, dtype=object)[self._top]
+        return self._labels
+
+    def first_label(self) -> str | None:
+        if self._top is not None and self._classes is not None:
+            return self._classes[int(self._top[0])]
+        labels = self._labels
+        return str(labels[0]) if labels is not None and len(labels) else None
+
+    def label_counts(self) -> tuple[list[str], list[int]]:
+        """(labels, counts) over the rows, without sorting strings when class indices are known."""
+        if self._top is not None and self._classes is not None:
+            counts = np.bincount(self._top, minlength=len(self._classes))
+            return [c for c, n in zip(self._classes, counts) if n], [int(n) for n in counts if n]
+        labels = self._labels
+        if labels is None or not len(labels):
+            return [], []
+        names, counts = np.unique(labels.astype(str), return_counts=True)
+        return names.tolist(), counts.tolist()
 
 
-@dataclass(slots=True)
 class Observation:
     """One outermost model call."""
 
-    model: Any  # the ModelState of the estimator (otel_ml.telemetry)
-    operation: str
-    inputs: Any  # X as the caller passed it (not copied)
-    output: Any  # the return value; None when the call raised
-    duration: float  # seconds
-    n_rows: int
-    error_type: str | None
-    prediction_id: str  # <trace id>-<span id>; row i's id is <prediction_id>-<i>
-    validation: Any = None  # ValidationResult when a baseline was checked
-    predictions: Predictions | None = None  # filled at most once, by whoever needs it first
+    __slots__ = ("model", "operation", "inputs", "output", "duration", "n_rows", "error_type", "validation",
+                 "_span_context", "_prediction_id", "_predictions", "_table", "_table_max_rows")
+
+    def __init__(self, model: Any, operation: str, inputs: Any, output: Any, duration: float, n_rows: int,
+                 error_type: str | None, span_context: Any = None, validation: Any = None,
+                 table: frame.Table | None = None, table_max_rows: int | None = None) -> None:
+        self.model = model  # the ModelState of the estimator (otel_ml.model_state)
+        self.operation = operation
+        self.inputs = inputs  # X as the caller passed it (not copied)
+        self.output = output  # the return value; None when the call raised
+        self.duration = duration  # seconds
+        self.n_rows = n_rows
+        self.error_type = error_type
+        self.validation = validation  # ValidationResult when a baseline was checked
+        self._span_context = span_context
+        self._prediction_id: str | None = None
+        self._predictions: Predictions | None = None
+        self._table = table
+        self._table_max_rows = table_max_rows
+
+    @property
+    def prediction_id(self) -> str:
+        """``<trace id>-<span id>`` of the call's span; row ``i``'s prediction id is ``<prediction_id>-<i>``."""
+        if self._prediction_id is None:
+            ctx = self._span_context
+            if ctx is not None and ctx.is_valid:
+                self._prediction_id = f"{ctx.trace_id:032x}-{ctx.span_id:016x}"
+            else:  # no SDK: still unique, just not tied to a trace
+                self._prediction_id = f"{random.getrandbits(128):032x}-{random.getrandbits(64):016x}"
+        return self._prediction_id
 
     def row_id(self, row: int) -> str:
         """The prediction id of one row: ``<trace id>-<span id>-<row>``."""
         return f"{self.prediction_id}-{row}"
 
     def prediction_ids(self) -> list[str]:
-        return [f"{self.prediction_id}-{i}" for i in range(self.n_rows)]
+        prefix = self.prediction_id
+        return [f"{prefix}-{i}" for i in range(self.n_rows)]
 
     def read_predictions(self) -> Predictions | None:
-        if self.predictions is None and self.output is not None and self.operation in PREDICTING_OPERATIONS:
-            self.predictions = read_predictions(self.operation, self.output, self.model.class_labels,
-                                                self.model.is_classifier)
-        return self.predictions
+        if self._predictions is None and self.output is not None and self.operation in PREDICTING_OPERATIONS:
+            self._predictions = read_predictions(self.operation, self.output, self.model.class_labels,
+                                                 self.model.is_classifier)
+        return self._predictions
+
+    def table(self) -> frame.Table | None:
+        """The inputs as a Table (an evenly spaced sample of rows for very large batches), built once."""
+        if self._table is None and self.inputs is not None:
+            self._table = frame.as_table(self.inputs, frame.feature_names_of(self.inputs) or self.model.feature_names,
+                                         max_rows=self._table_max_rows)
+        return self._table
 
 
 def read_predictions(operation: str, output: Any, class_labels: list[str] | None,
                      is_classifier: bool = True) -> Predictions | None:
     """Labels, scores and the lowest confidence from a model method's return value."""
     out = output[0] if isinstance(output, tuple) else output
-    arr = np.asarray(out) if not isinstance(out, np.ndarray) else out
+    arr = out if isinstance(out, np.ndarray) else np.asarray(out)
     if operation in ("predict_proba", "predict_log_proba"):
         if arr.ndim != 2 or arr.shape[1] == 0 or arr.dtype.kind not in "fc":
             return None
         proba = np.exp(arr) if operation == "predict_log_proba" else arr
         top = proba.argmax(axis=1)
-        confidence = proba[np.arange(len(proba)), top]
+        confidence = proba.max(axis=1)
         scores = proba[:, 1] if proba.shape[1] == 2 else confidence
-        labels = None
-        if class_labels is not None and len(class_labels) == proba.shape[1]:
-            labels = np.asarray(class_labels, dtype=object)[top]
-        return Predictions(labels, scores.astype(np.float64, copy=False),
-                           float(confidence.min()) if len(confidence) else None)
+        classes = class_labels if class_labels is not None and len(class_labels) == proba.shape[1] else None
+        return Predictions(scores.astype(np.float64, copy=False),
+                           float(confidence.min()) if len(confidence) else None, top=top, classes=classes)
     if operation == "decision_function":
         if arr.ndim == 1 and arr.dtype.kind in "fiu":
-            return Predictions(None, arr.astype(np.float64, copy=False), None)
+            return Predictions(arr.astype(np.float64, copy=False), None)
         return None
     # predict / fit_predict
     if arr.ndim != 1 and not (arr.ndim == 2 and arr.shape[1] == 1):
         return None  # multi-output: not summarised
     arr = arr.reshape(-1)
     if is_classifier or arr.dtype.kind not in "fc":
-        return Predictions(arr.astype(str) if arr.dtype.kind != "U" else arr, None, None)
-    return Predictions(None, arr.astype(np.float64, copy=False), None)
+        return Predictions(None, None, labels=arr)
+    return Predictions(arr.astype(np.float64, copy=False), None)

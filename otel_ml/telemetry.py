@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextvars
 import logging
 import os
-import random
 import threading
 import time
 from collections.abc import Callable
@@ -41,19 +40,27 @@ ACTIVE: contextvars.ContextVar[Call | Step | None] = contextvars.ContextVar("ote
 
 
 class Call:
-    """An outermost model call in progress (also the parent of its steps' child spans)."""
+    """An outermost model call in progress (also the parent of its steps' child spans).
 
-    __slots__ = ("model", "state", "operation", "span", "inputs", "targets", "n_rows", "start", "children",
-                 "_context", "validation")
+    A model that calls other models (``state.composite``: pipelines, column transformers, searches,
+    calibration, voting, stacking) gets its span before the call, so that its steps' spans can be its
+    children. Any other model gets its span after the call, with an explicit start time and every
+    attribute at once: the cheapest way through the SDK.
+    """
 
-    def __init__(self, model: Any, state: ModelState, operation: str, span: Any, inputs: Any,
-                 n_rows: int) -> None:
-        self.model, self.state, self.operation, self.span = model, state, operation, span
+    __slots__ = ("model", "state", "operation", "span", "inputs", "targets", "n_rows", "start", "start_ns",
+                 "children", "_context", "validation", "table")
+
+    def __init__(self, model: Any, state: ModelState, operation: str, inputs: Any, n_rows: int) -> None:
+        self.model, self.state, self.operation = model, state, operation
         self.inputs, self.n_rows = inputs, n_rows
+        self.span: Any = None  # set before the call for composites, after it otherwise
         self.targets: Any = None  # y of a training call
         self.children = 0
         self._context = None
         self.validation = None
+        self.table: frame.Table | None = None
+        self.start_ns = time.time_ns()
         self.start = time.perf_counter()
 
     def context(self) -> Any:
@@ -88,6 +95,12 @@ class Step:
 def error_type(exc: BaseException) -> str:
     cls = type(exc)
     return cls.__qualname__ if cls.__module__ == "builtins" else f"{cls.__module__}.{cls.__qualname__}"
+
+
+def _parent_sampled() -> bool:
+    """False when the active span says the trace is not sampled (the usual parent-based sampling)."""
+    ctx = trace.get_current_span().get_span_context()
+    return not ctx.is_valid or ctx.trace_flags.sampled
 
 
 class Telemetry:
@@ -169,65 +182,91 @@ class Telemetry:
 
     # -- the request path ---------------------------------------------------------------------------
     def begin(self, model: Any, operation: str, inputs: Any) -> Call:
-        """Start the span of an outermost call; raises only on otel-ml bugs (caller falls back)."""
+        """Prepare an outermost call; raises only on otel-ml bugs (the caller then runs the model plainly)
+        and, in strict mode, :class:`~otel_ml.validation.InputValidationError`."""
         self._ensure_started()
         state = self.states.get(model)
-        span_name, attributes, _ = state.operation(operation)
-        n_rows = frame.n_rows_of(inputs) if inputs is not None else 0
-        if self.tracer is None:
-            span = trace.INVALID_SPAN
-        else:
-            start_attributes = dict(attributes)
-            start_attributes[semconv.INPUT_ROWS] = n_rows
-            if inputs is not None:
-                start_attributes[semconv.INPUT_FEATURES] = frame.n_features_of(inputs)
-            span = self.tracer.start_span(span_name, kind=SpanKind.INTERNAL, attributes=start_attributes)
-        call = Call(model, state, operation, span, inputs, n_rows)
+        call = Call(model, state, operation, inputs, frame.n_rows_of(inputs) if inputs is not None else 0)
+        if state.composite:
+            call.span = self._start_span(call, self._start_attributes(call), call.start_ns)
         if state.validator is not None and operation not in TRAINING and inputs is not None:
+            call.table = frame.as_table(inputs, frame.feature_names_of(inputs) or state.feature_names,
+                                        max_rows=self.config.summary_max_rows)
             try:
-                call.validation = self.aggregator.validate(state, inputs, span)
+                call.validation = state.validator.check(call.table)
             except self.passthrough_errors as exc:  # strict mode: the span records why, the caller gets it
                 self.fail(call, exc)
                 raise
         return call
 
+    def _start_attributes(self, call: Call) -> dict:
+        _, attributes, _ = call.state.operation(call.operation)
+        attributes = dict(attributes)
+        attributes[semconv.INPUT_ROWS] = call.n_rows
+        if call.inputs is not None:
+            attributes[semconv.INPUT_FEATURES] = frame.n_features_of(call.inputs)
+        return attributes
+
+    def _start_span(self, call: Call, attributes: dict, start_ns: int) -> Any:
+        span_name = call.state.operation(call.operation)[0]
+        return self.tracer.start_span(span_name, kind=SpanKind.INTERNAL, attributes=attributes,
+                                      start_time=start_ns)
+
     def end(self, call: Call, output: Any) -> None:
         duration = time.perf_counter() - call.start
+        end_ns = call.start_ns + int(duration * 1e9)
         span = call.span
         try:
             observation = self._observation(call, output, duration, None)
-            if span.is_recording():
+            if span is None:  # a leaf model: one span with every attribute, after the fact
+                attributes = self._start_attributes(call)
+                if _parent_sampled():
+                    attributes.update(self._span_attributes(call, observation))
+                span = call.span = self._start_span(call, attributes, call.start_ns)
+                observation._span_context = span.get_span_context()
+            elif span.is_recording():
                 span.set_attributes(self._span_attributes(call, observation))
-                event = call.state.pending_drift_event
-                if event is not None:
-                    call.state.pending_drift_event = None
-                    span.add_event(semconv.EVENT_DRIFT_WINDOW, event)
+            if span.is_recording():
+                self._add_events(call, span)
             self._publish(observation)
         except Exception as exc:
             self.internal_error("end", exc)
         finally:
-            span.end()
+            if span is not None:
+                span.end(end_time=end_ns)
         if call.operation in TRAINING:
             self._after_fit(call)
 
     def fail(self, call: Call, exc: BaseException) -> None:
         duration = time.perf_counter() - call.start
+        end_ns = call.start_ns + int(duration * 1e9)
         span = call.span
         try:
             kind = error_type(exc)
-            if span.is_recording():
+            if span is None:
+                attributes = self._start_attributes(call)
+                attributes[semconv.ERROR_TYPE] = kind
+                span = call.span = self._start_span(call, attributes, call.start_ns)
+            else:
                 span.set_attribute(semconv.ERROR_TYPE, kind)
+            if span.is_recording():
                 span.record_exception(exc)
                 span.set_status(Status(StatusCode.ERROR, f"{kind}: {exc}"[:256]))
-            self._publish(self._observation(call, None, duration, kind))
+                self._add_events(call, span)
+            observation = self._observation(call, None, duration, kind)
+            observation._span_context = span.get_span_context()
+            self._publish(observation)
         except Exception as inner:
             self.internal_error("fail", inner)
         finally:
-            span.end()
+            if span is not None:
+                span.end(end_time=end_ns)
 
     def _observation(self, call: Call, output: Any, duration: float, kind: str | None) -> Observation:
+        span = call.span
         return Observation(call.state, call.operation, call.inputs, output, duration, call.n_rows, kind,
-                           _prediction_id(call.span), call.validation)
+                           span.get_span_context() if span is not None else None, call.validation,
+                           call.table, self.config.summary_max_rows)
 
     def _publish(self, observation: Observation) -> None:
         for listener in self.listeners:
@@ -237,10 +276,27 @@ class Telemetry:
                 self.internal_error("listener", exc)
         self.aggregator.submit(observation)
 
+    def _add_events(self, call: Call, span: Any) -> None:
+        """Validation violations of this call, and a drift window that closed since the last call."""
+        validation = call.validation
+        if validation is not None and validation.total:
+            span.set_attribute(semconv.VALIDATION_VIOLATIONS, validation.total)
+            config = self.config
+            for violation in validation.violations[: config.max_violation_events]:
+                attributes = {semconv.FEATURE_NAME: violation.feature, semconv.VALIDATION_CHECK: violation.check}
+                if config.capture_raw and violation.value is not None and violation.feature not in config.mask_features:
+                    value = violation.value
+                    attributes[semconv.FEATURE_VALUE] = value if isinstance(value, (int, float, str)) else str(value)
+                span.add_event(semconv.EVENT_VALIDATION_VIOLATION, attributes)
+        event = call.state.pending_drift_event
+        if event is not None:
+            call.state.pending_drift_event = None
+            span.add_event(semconv.EVENT_DRIFT_WINDOW, event)
+
     def _span_attributes(self, call: Call, observation: Observation) -> dict:
         state, config = call.state, self.config
         attributes: dict[str, Any] = {}
-        if observation.prediction_id is not None and observation.operation not in TRAINING:
+        if observation.operation not in TRAINING:
             attributes[semconv.PREDICTION_ID] = observation.row_id(0)
         predictions = observation.read_predictions()
         if predictions is not None:
@@ -248,14 +304,14 @@ class Telemetry:
         if state.drift is not None:
             attributes[semconv.DRIFT_DETECTED] = state.drift_detected
         if (config.feature_summaries and call.n_rows >= config.summary_min_rows and call.inputs is not None
-                and call.operation not in ("score",)):
-            attributes.update(self._feature_attributes(call, state))
+                and call.operation != "score"):
+            table = observation.table()
+            if table is not None:
+                attributes.update(self._feature_attributes(table))
         return attributes
 
-    def _feature_attributes(self, call: Call, state: ModelState) -> dict:
+    def _feature_attributes(self, table: frame.Table) -> dict:
         config = self.config
-        table = frame.as_table(call.inputs, frame.feature_names_of(call.inputs, call.model),
-                               max_rows=config.summary_max_rows)
         kept = table.numeric_index[: config.max_features] if len(table.numeric_index) > config.max_features \
             else table.numeric_index
         numeric = table.numeric[:, : len(kept)]
@@ -307,7 +363,7 @@ class Telemetry:
 
     # -- steps inside a composite model ----------------------------------------------------------------
     def begin_step(self, parent: Call | Step, model: Any, operation: str) -> Step | None:
-        if parent.children >= self.config.max_child_spans or not parent.span.is_recording():
+        if parent.span is None or parent.children >= self.config.max_child_spans or not parent.span.is_recording():
             return None
         parent.children += 1
         span = self.tracer.start_span(f"{operation} {type(model).__name__}", context=parent.context(),
@@ -325,6 +381,7 @@ class Telemetry:
 
 
 CAPTURE_SCORE_ROWS = 5000
+QUANTILE_SAMPLE = 2000  # score quantiles on spans use every k-th score of larger batches
 
 
 def _training_scores(model: Any, inputs: Any) -> Any:
@@ -347,33 +404,30 @@ def _finite(value: float) -> float:
     return value if value == value and abs(value) != float("inf") else 0.0
 
 
-def _prediction_id(span: Any) -> str:
-    ctx = span.get_span_context()
-    if ctx.is_valid:
-        return f"{ctx.trace_id:032x}-{ctx.span_id:016x}"
-    return f"{random.getrandbits(128):032x}-{random.getrandbits(64):016x}"
 
 
 def _prediction_attributes(predictions: Any, n_rows: int, max_classes: int) -> dict:
     attributes: dict[str, Any] = {}
-    labels, scores = predictions.labels, predictions.scores
+    scores = predictions.scores
     if predictions.confidence_min is not None:
         attributes[semconv.PREDICTION_CONFIDENCE_MIN] = predictions.confidence_min
     if n_rows == 1:
-        if labels is not None and len(labels):
-            attributes[semconv.PREDICTION_LABEL] = str(labels[0])
+        label = predictions.first_label()
+        if label is not None:
+            attributes[semconv.PREDICTION_LABEL] = label
         if scores is not None and len(scores):
             attributes[semconv.PREDICTION_SCORE] = _finite(scores[0])
         return attributes
-    if labels is not None and len(labels):
-        names, counts = np.unique(labels.astype(str), return_counts=True)
-        order = np.argsort(-counts, kind="stable")[:max_classes]
+    names, counts = predictions.label_counts()
+    if names:
+        order = sorted(range(len(names)), key=lambda i: -counts[i])[:max_classes]
         attributes[semconv.PREDICTION_CLASS_NAMES] = [str(names[i]) for i in order]
         attributes[semconv.PREDICTION_CLASS_COUNTS] = [int(counts[i]) for i in order]
     if scores is not None and len(scores):
         finite = scores[np.isfinite(scores)]
         if finite.size:
-            p50, p90 = np.percentile(finite, (50, 90))
+            sample = finite[:: max(1, finite.size // QUANTILE_SAMPLE)]  # quantiles of very large batches
+            p50, p90 = np.percentile(sample, (50, 90))
             attributes.update({
                 semconv.PREDICTION_SCORE_MEAN: float(finite.mean()),
                 semconv.PREDICTION_SCORE_MIN: float(finite.min()),
