@@ -88,6 +88,15 @@ def _names(raw: str) -> tuple[str, ...]:
     return tuple(n.strip() for n in raw.split(",") if n.strip())
 
 
+DISABLED = ""  # a name variable set to "none" (any case): the feature it names is off
+
+
+def _name_or_none(raw: str) -> str:
+    """A header or field name; ``none`` turns the feature off (an empty value means the default)."""
+    value = raw.strip()
+    return DISABLED if value.lower() == "none" else value
+
+
 @dataclass(frozen=True)
 class Variable:
     env: str
@@ -158,14 +167,14 @@ VARIABLES: tuple[Variable, ...] = (
              "Most validation-violation span events on one span."),
     Variable("OTEL_ML_PREDICT_ROUTES", "predict_routes", (), _names,
              "Flask routes (url rules, comma-separated) treated as predict routes even before they call a model."),
-    Variable("OTEL_ML_PREDICTION_ID_HEADER", "prediction_id_header", "X-Prediction-Id", _text,
-             "Response header carrying the prediction id(s) of a predict request."),
-    Variable("OTEL_ML_PREDICTION_ID_FIELD", "prediction_id_field", "prediction_id", _text,
-             "JSON field added to predict responses with the prediction id(s); empty disables it."),
+    Variable("OTEL_ML_PREDICTION_ID_HEADER", "prediction_id_header", "X-Prediction-Id", _name_or_none,
+             "Response header carrying the prediction id(s) of a predict request; 'none' disables it."),
+    Variable("OTEL_ML_PREDICTION_ID_FIELD", "prediction_id_field", "prediction_id", _name_or_none,
+             "JSON field added to JSON-object predict responses with the prediction id(s); 'none' disables it."),
     Variable("OTEL_ML_PREDICTION_RECORDS_RATE", "prediction_records_rate", 0.0, _fraction,
              "Share of predictions emitted as prediction-record log records (0 disables)."),
     Variable("OTEL_ML_OUTCOME_MAX_PENDING", "outcome_max_pending", 100_000, _int_at_least(1),
-             "Most recent predictions kept in memory to join with outcomes."),
+             "Most recent prediction rows kept in memory to join with outcomes in process."),
     Variable("OTEL_ML_OUTCOME_MAX_AGE_SECONDS", "outcome_max_age_seconds", 86_400.0, _positive_float,
              "Oldest prediction (seconds) still joined with an arriving outcome in process."),
     Variable("OTEL_ML_PERFORMANCE_WINDOW", "performance_window", 1000, _int_at_least(1),

@@ -154,3 +154,17 @@ def prometheus_name(metric: str, unit: str, counter: bool = False) -> str:
     if counter:
         name += "_total"
     return name
+
+
+# --------------------------------------------------------------------------------------------
+# Flask predict routes, prediction records and outcomes
+# Names put on the wire by otel_ml.instrumentation.flask, otel_ml.records and otel_ml.outcomes;
+# documented in docs/semantic-conventions.md ("Predict routes, records and outcomes"),
+# docs/flask.md and docs/outcomes.md.
+# --------------------------------------------------------------------------------------------
+HTTP_ROUTE = "http.route"  # from the general registry; on ml.input.errors
+EVENT_PREDICTION_RECORD = "ml.prediction.record"  # log record event name, ml.record.kind=prediction
+EVENT_OUTCOME_RECORD = "ml.outcome.record"  # log record event name, ml.record.kind=outcome
+INPUT_ERROR_INVALID_JSON = "invalid_json"  # error.type on ml.input.errors; otherwise the HTTP status code
+PERFORMANCE_CLASSIFICATION = ("accuracy", "precision", "recall", "f1", "roc_auc", "log_loss", "brier")
+PERFORMANCE_REGRESSION = ("mae", "rmse", "r2")  # values of ml.performance.metric
