@@ -71,7 +71,7 @@ MODEL_ATTRIBUTE = "_otel_ml_baseline"  # attribute name under which a fitted mod
 SCORE_PROBABILITY = "probability"
 SCORE_VALUE = "value"
 
-_CHUNK_ROWS = 32_768  # rows per block of the single pass: keeps the block in cache
+_CHUNK_ROWS = 8192  # rows per block of the single pass: a block of 20 float64 columns stays in L2 cache
 _PLAN_CACHE_SIZE = 8
 _SMALL = 512  # rows x edges below which binning uses one broadcast comparison
 
@@ -96,23 +96,48 @@ def _chan(n_a: np.ndarray, mean_a: np.ndarray, m2_a: np.ndarray,
     return n, mean, m2
 
 
-def _block_moments(block: np.ndarray) -> tuple[np.ndarray, ...]:
-    """count, mean, M2, min, max of each column of ``block``, non-finite values left out."""
-    sums = block.sum(axis=0)
-    if np.isfinite(sums).all():  # fast path: no NaN / inf in the block
-        n = np.full(block.shape[1], block.shape[0], dtype=np.int64)
-        mean = sums / max(block.shape[0], 1)
-        m2 = np.square(block - mean).sum(axis=0)
-        return n, mean, m2, block.min(axis=0), block.max(axis=0)
-    finite = np.isfinite(block)
-    n = finite.sum(axis=0).astype(np.int64)
-    clean = np.where(finite, block, 0.0)
+def _block_stats(block: np.ndarray, E: np.ndarray) -> tuple[np.ndarray, ...]:
+    """count, mean, M2, min, max and flat bin counts of each column of ``block``, non-finite values left out.
+
+    One pass of each kind over the whole block, no masks: NaN compares False with every edge and lands in
+    bin 0, +inf in the column's last bin, -inf in bin 0; ``fmin``/``fmax`` skip NaN. Only the columns whose
+    sum is not finite (they hold NaN or inf) are then copied out to get their moments without those values
+    and to take them back out of the bin counts.
+    """
+    rows, p = block.shape
+    n_bins = E.shape[0] + 1
+    with np.errstate(invalid="ignore", over="ignore"):  # inf - inf in columns redone below
+        sums = block.sum(axis=0)
+        mean = sums / max(rows, 1)
+        centred = block - mean
+        m2 = np.einsum("ij,ij->j", centred, centred)
+    n = np.full(p, rows, dtype=np.int64)
+    lo, hi = np.fmin.reduce(block, axis=0), np.fmax.reduce(block, axis=0)
+    counts = np.bincount(_bin_index(block, E, check_finite=False).ravel(), minlength=p * (n_bins + 1))
+    clean = np.isfinite(sums)
+    if clean.all():
+        return n, mean, m2, lo, hi, counts
+    cols = np.flatnonzero(~clean)
+    sub = block[:, cols]
+    finite = np.isfinite(sub)
+    bn = finite.sum(axis=0)
+    z = np.where(finite, sub, 0.0)
     with np.errstate(invalid="ignore", divide="ignore"):
-        mean = np.where(n > 0, clean.sum(axis=0) / np.maximum(n, 1), np.nan)
-        m2 = np.where(finite, np.square(clean - mean), 0.0).sum(axis=0)
-    lo = np.where(finite, block, np.inf).min(axis=0)
-    hi = np.where(finite, block, -np.inf).max(axis=0)
-    return n, mean, m2, lo, hi
+        bmean = z.sum(axis=0) / np.maximum(bn, 1)
+        z -= bmean
+        # masked entries hold -mean after centring: each added mean^2 to the sum of squares, taken out here
+        bm2 = np.einsum("ij,ij->j", z, z) - (rows - bn) * np.square(bmean)
+    n[cols], mean[cols], m2[cols] = bn, np.where(bn > 0, bmean, 0.0), np.maximum(bm2, 0.0)
+    counts = counts.reshape(p, n_bins + 1)
+    n_nan = np.isnan(sub).sum(axis=0)
+    counts[cols, 0] -= n_nan
+    if np.isinf(lo[cols]).any() or np.isinf(hi[cols]).any():  # rare: infinities to take out too
+        counts[cols, 0] -= np.isneginf(sub).sum(axis=0)
+        n_edges = np.isfinite(E[:, cols]).sum(axis=0)
+        counts[cols, n_edges] -= np.isposinf(sub).sum(axis=0)
+        lo[cols] = np.where(finite, sub, np.inf).min(axis=0)
+        hi[cols] = np.where(finite, sub, -np.inf).max(axis=0)
+    return n, mean, m2, lo, hi, counts.ravel()
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -127,7 +152,7 @@ def _edge_matrix(edges: Sequence[Sequence[float]]) -> np.ndarray:
     return E
 
 
-def _bin_index(block: np.ndarray, E: np.ndarray) -> np.ndarray:
+def _bin_index(block: np.ndarray, E: np.ndarray, check_finite: bool = True) -> np.ndarray:
     """Flat bin code of every value: ``column * (n_bins + 1) + bin``, ready for one ``np.bincount``.
 
     The bin is the number of inner edges strictly below the value (bins closed on the right), computed
@@ -150,9 +175,10 @@ def _bin_index(block: np.ndarray, E: np.ndarray) -> np.ndarray:
         for k in range(E.shape[0]):
             np.greater(block, E[k], out=above)
             np.add(idx, step, out=idx, casting="unsafe")
-    finite = np.isfinite(block)
-    if not finite.all():
-        np.copyto(idx, (offsets + n_bins).astype(dtype), where=~finite)
+    if check_finite:
+        finite = np.isfinite(block)
+        if not finite.all():
+            np.copyto(idx, (offsets + n_bins).astype(dtype), where=~finite)
     return idx
 
 
@@ -223,8 +249,9 @@ class Baseline:
         with equal edges merge; fitting parts of a data set with ``edges=`` of the whole (or of a
         baseline fitted on a sample of it) is how partial baselines are made mergeable.
     sample_size:
-        Rows (uniform random, without replacement) on which quantile edges are computed. Quantile error
-        is about ``1/sqrt(sample_size)`` in bin fraction; bin counts and moments use every row.
+        Rows (uniform random, without replacement) on which quantile edges are computed: the reference
+        fraction of a bin then deviates from ``1/n_bins`` by about ``sqrt(f (1 - f) / sample_size)``, 0.13 %
+        for 10 bins and 50,000 rows. Bin counts and moments are exact over every row.
     max_categories:
         Categories remembered per feature (for validation's unseen-category check).
     random_state:
@@ -232,7 +259,7 @@ class Baseline:
     """
 
     def __init__(self, n_bins: int = 10, top_k: int = 20, binning: str = "quantile",
-                 edges: dict[str, Sequence[float]] | Baseline | None = None, sample_size: int = 100_000,
+                 edges: dict[str, Sequence[float]] | Baseline | None = None, sample_size: int = 50_000,
                  max_categories: int = 1000, random_state: int = 0) -> None:
         if n_bins < 1:
             raise ValueError(f"n_bins={n_bins!r}: expected an integer >= 1")
@@ -332,11 +359,11 @@ class Baseline:
         counts = np.zeros(p * (n_bins + 1), dtype=np.int64)
         for start in range(0, M.shape[0], _CHUNK_ROWS):
             block = M[start:start + _CHUNK_ROWS]
-            bn, bmean, bm2, blo, bhi = _block_moments(block)
+            bn, bmean, bm2, blo, bhi, bcounts = _block_stats(block, E)
             n, mean, m2 = _chan(n, mean, m2, bn, bmean, bm2)
             np.minimum(lo, blo, out=lo)
             np.maximum(hi, bhi, out=hi)
-            counts += np.bincount(_bin_index(block, E).ravel(), minlength=counts.size)
+            counts += bcounts
         counts = counts.reshape(p, n_bins + 1)[:, :n_bins]
         # the value a bin stands for (binned Wasserstein): the mean of the sample's values in it
         sample_idx = _bin_index(sample, E)
@@ -501,10 +528,16 @@ class Baseline:
         plan = self._plan(table)
         if plan["num_dst"].size and table.numeric.shape[0]:
             src = plan["num_src"]
-            block = table.numeric if plan["num_identity"] else table.numeric[:, src]
             E = c["E"] if plan["num_all"] else c["E"][:, plan["num_ecols"]]
             nb = E.shape[0] + 1
-            out[plan["num_dst"], :nb] = _count_bins(_bin_index(block, E), nb)
+            M = table.numeric
+            counts = np.zeros(len(src) * (nb + 1), dtype=np.int64)
+            for start in range(0, M.shape[0], _CHUNK_ROWS):  # row blocks: bounded temporary memory
+                block = M[start:start + _CHUNK_ROWS]
+                if not plan["num_identity"]:
+                    block = block[:, src]
+                counts += np.bincount(_bin_index(block, E).ravel(), minlength=counts.size)
+            out[plan["num_dst"], :nb] = counts.reshape(len(src), nb + 1)[:, :nb]
         for dst, src_j, source in plan["cat"]:
             values = table.categorical[src_j] if source == "categorical" else table.numeric[:, src_j]
             out[dst] = self._category_counts(dst, values)

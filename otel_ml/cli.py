@@ -240,7 +240,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-k", type=int, default=20, help="categories with their own bin (default 20)")
     p.add_argument("--exclude", nargs="*", default=[], help="columns to leave out (ids, timestamps)")
     p.add_argument("--chunk-rows", type=int, default=DEFAULT_CHUNK_ROWS, help="rows read at a time")
-    p.add_argument("--sample-size", type=int, default=100_000, help="rows the quantile edges are computed on")
+    p.add_argument("--sample-size", type=int, default=50_000, help="rows the quantile edges are computed on")
     p.add_argument("--seed", type=int, default=0, help="seed of the sample")
     p.set_defaults(func=cmd_baseline)
     d = sub.add_parser("drift", help="compare a CSV or Parquet file with a baseline")
