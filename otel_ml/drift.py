@@ -19,9 +19,11 @@ method                        formula on bin fractions p (current), q (reference
 ``psi``                       sum (p - q) ln(p / q), empty bins set to ``eps`` = 1e-4      [0, inf)   > 0.1
 ``jensen_shannon``            sqrt(JS divergence), natural log (base 2 on request)         [0, 0.83]  > 0.1
 ``wasserstein``               W1 between the bins placed at their reference means,          [0, inf)   > 0.1
-                              divided by the reference std (Evidently's normalisation)
+                              divided by the reference std (Evidently's normalisation);
+                              numeric features only
 ``ks``                        max |F_p - F_q| over bin edges; p-value from ``kstwo``         [0, 1]     p < 0.05*
-``chi_square``                sum (o - e)^2 / e, e = q * n (categoricals, booleans)          p-value    p < 0.05*
+``chi_square``                two-sample (homogeneity) chi-square on reference and           p-value    p < 0.05*
+                              current counts (categoricals, booleans)
 ============================  ==========================================================  =========  ==========
 
 \\* p-values are reported, and alerted on only with ``alert_on_pvalue=True``: at production sample sizes
@@ -177,12 +179,18 @@ def ks_binned(reference: Any, current: Any, n_reference: Any) -> tuple[np.ndarra
     return d, pvalue
 
 
-def chi_square(reference: Any, current: Any, eps: float = EPS) -> tuple[np.ndarray, np.ndarray]:
-    """Pearson's chi-square goodness of fit of current counts to the reference fractions.
+def chi_square(reference: Any, current: Any, n_reference: Any = None,
+               eps: float = EPS) -> tuple[np.ndarray, np.ndarray]:
+    """Pearson's chi-square test of current counts against the reference distribution.
 
-    Expected counts are ``q * n``; bins empty on both sides are left out; a bin empty in the reference but
-    not now gets fraction ``eps`` and the expected counts are rescaled to sum to ``n`` (as
-    ``scipy.stats.chisquare`` requires). Degrees of freedom: bins used - 1. Returns (statistic, p-value).
+    With ``n_reference`` (the reference's number of values), the two-sample test of homogeneity on the
+    2 x k table of reference and current counts, as ``scipy.stats.chi2_contingency(table, correction=False)``:
+    it counts the reference's own sampling noise, so a baseline fitted on a sample no larger than the window
+    does not make the test call everything significant. Without it, the goodness-of-fit test of the
+    current counts to the reference fractions taken as exact, as ``scipy.stats.chisquare`` (Evidently's
+    choice), where a bin empty in the reference gets fraction ``eps`` and the expected counts are rescaled
+    to sum to the current total. Bins empty on both sides are left out; degrees of freedom: bins used - 1.
+    Returns (statistic, p-value).
     """
     from scipy.stats import chi2
 
@@ -190,11 +198,18 @@ def chi_square(reference: Any, current: Any, eps: float = EPS) -> tuple[np.ndarr
     q = _normalise(reference)
     n = obs.sum(axis=-1, keepdims=True)
     used = (q > 0) | (obs > 0)
-    q = np.where(used & (q == 0), eps, q)
-    q = q / np.where(q.sum(axis=-1, keepdims=True) > 0, q.sum(axis=-1, keepdims=True), 1.0)
-    expected = q * n
     with np.errstate(invalid="ignore", divide="ignore"):
-        terms = np.where(used & (expected > 0), (obs - expected) ** 2 / expected, 0.0)
+        if n_reference is None:
+            q = np.where(used & (q == 0), eps, q)
+            q = q / np.where(q.sum(axis=-1, keepdims=True) > 0, q.sum(axis=-1, keepdims=True), 1.0)
+            expected = q * n
+            terms = np.where(used & (expected > 0), (obs - expected) ** 2 / expected, 0.0)
+        else:
+            m = np.asarray(n_reference, dtype=np.float64)[..., None] * np.ones_like(n)
+            ref = q * m  # reference counts
+            pooled = (ref + obs) / (m + n)
+            e_ref, e_cur = pooled * m, pooled * n
+            terms = np.where(used & (pooled > 0), (ref - e_ref) ** 2 / e_ref + (obs - e_cur) ** 2 / e_cur, 0.0)
     stat = terms.sum(axis=-1)
     dof = used.sum(axis=-1) - 1
     with np.errstate(invalid="ignore"):
@@ -360,7 +375,7 @@ def compare(reference: np.ndarray, current: np.ndarray, kinds: list[str], points
     reference = np.asarray(reference, dtype=np.float64)
     current = np.asarray(current, dtype=np.float64)
     kinds_a = np.asarray(kinds)
-    numeric = (kinds_a == KIND_NUMERIC) | (kinds_a == KIND_BOOLEAN)
+    numeric = kinds_a == KIND_NUMERIC  # booleans are compared as categories (PSI, JS, chi-square)
     categorical = (kinds_a == KIND_CATEGORICAL) | (kinds_a == KIND_BOOLEAN)
     has_values = current.sum(axis=-1) > 0
     nan = np.full(len(kinds), np.nan)
@@ -370,8 +385,8 @@ def compare(reference: np.ndarray, current: np.ndarray, kinds: list[str], points
         WASSERSTEIN: np.where(has_values & numeric, wasserstein_normalised(reference, current, points, stds), np.nan),
     }
     ks_d, ks_p = ks_binned(reference, current, n_reference)
-    chi_stat, chi_p = chi_square(reference, current)
-    numeric_only = has_values & (kinds_a == KIND_NUMERIC)
+    chi_stat, chi_p = chi_square(reference, current, n_reference)
+    numeric_only = has_values & numeric
     scores[KS] = np.where(numeric_only, ks_d, nan)
     scores[CHI_SQUARE] = np.where(has_values & categorical, chi_stat, nan)
     p_values = {KS: np.where(numeric_only, ks_p, nan), CHI_SQUARE: np.where(has_values & categorical, chi_p, nan)}

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from scipy.spatial.distance import jensenshannon
-from scipy.stats import chisquare, ks_2samp, wasserstein_distance
+from scipy.stats import chi2_contingency, chisquare, ks_2samp, wasserstein_distance
 
 import otel_ml.drift as drift_module
 from otel_ml.baseline import Baseline
@@ -134,7 +134,7 @@ def test_ks_binned_is_a_lower_bound_on_continuous_data():
     assert p[0] >= exact.pvalue
 
 
-def test_chi_square_equals_scipy():
+def test_chi_square_goodness_of_fit_equals_scipy():
     ref = np.array([[0.5, 0.3, 0.2, 0.0], [0.25, 0.25, 0.25, 0.25]])
     cur = np.array([[40, 40, 20, 0], [10, 20, 30, 40]])
     stat, p = chi_square(ref, cur)
@@ -152,6 +152,28 @@ def test_chi_square_new_category_uses_epsilon_and_rescales():
     expected = q / q.sum() * 100
     assert stat == pytest.approx(chisquare(cur, expected).statistic)
     assert p < 1e-10
+
+
+def test_chi_square_two_sample_equals_scipy_contingency():
+    ref_counts = np.array([[300, 200, 100, 0, 0], [50, 60, 70, 80, 0]])
+    cur = np.array([[40, 40, 20, 5, 0], [10, 20, 30, 40, 0]])
+    stat, p = chi_square(ref_counts / ref_counts.sum(axis=1, keepdims=True), cur, ref_counts.sum(axis=1))
+    for j in range(2):
+        used = (ref_counts[j] + cur[j]) > 0
+        res = chi2_contingency(np.vstack([ref_counts[j, used], cur[j, used]]), correction=False)
+        assert stat[j] == pytest.approx(res.statistic, rel=1e-10) and p[j] == pytest.approx(res.pvalue, rel=1e-8)
+
+
+def test_chi_square_two_sample_is_calibrated_when_reference_is_small():
+    """Reference and current from one distribution, equal sizes: ~5 % of p-values below 0.05."""
+    rng = np.random.default_rng(8)
+    probs = np.array([0.5, 0.3, 0.15, 0.05])
+    ref = rng.multinomial(2000, probs, size=4000)
+    cur = rng.multinomial(2000, probs, size=4000)
+    _, p_two = chi_square(ref / 2000, cur, np.full(4000, 2000))
+    _, p_gof = chi_square(ref / 2000, cur)
+    assert 0.04 < np.mean(p_two < 0.05) < 0.06
+    assert np.mean(p_gof < 0.05) > 0.15  # treating the reference as exact over-alerts
 
 
 # Values computed by Evidently 0.7.23 itself (legacy stattests _psi / _jensenshannon), once, on this data.
