@@ -13,20 +13,19 @@ feature or ``(n_features, n_bins)`` for many, and returns one value per feature,
 one numpy expression. Zero-padded bins (both sides zero, as in :meth:`Baseline.bin_counts
 <otel_ml.baseline.Baseline.bin_counts>`) change nothing. A feature with no current values gives NaN.
 
-============================  ==========================================================  =========  ==========
-method                        formula on bin fractions p (current), q (reference)          range      alert at
-============================  ==========================================================  =========  ==========
-``psi``                       sum (p - q) ln(p / q), empty bins set to ``eps`` = 1e-4      [0, inf)   > 0.1
-``jensen_shannon``            sqrt(JS divergence), natural log (base 2 on request)         [0, 0.83]  > 0.1
-``wasserstein``               W1 between the bins placed at their reference means,          [0, inf)   > 0.1
-                              divided by the reference std (Evidently's normalisation);
-                              numeric features only
-``ks``                        max |F_p - F_q| over bin edges; p-value from ``kstwo``         [0, 1]     p < 0.05*
-``chi_square``                two-sample (homogeneity) chi-square on reference and           p-value    p < 0.05*
-                              current counts (categoricals, booleans)
-============================  ==========================================================  =========  ==========
+==================  ==============================================================  =========  =========
+method              formula on bin fractions p (current), q (reference)             range      alert at
+==================  ==============================================================  =========  =========
+``psi``             sum (p - q) ln(p / q), fractions below ``eps`` = 1e-4 raised     [0, inf)   > 0.1
+``jensen_shannon``  sqrt(JS divergence), natural log (base 2 on request)             [0, 0.83]  > 0.1
+``wasserstein``     W1 between the bins placed at their reference means, divided     [0, inf)   > 0.1
+                    by the reference std (Evidently's normalisation); numeric only
+``ks``              max abs(F_p - F_q) over bin edges; p-value from ``kstwo``        [0, 1]     p < 0.05*
+``chi_square``      two-sample (homogeneity) chi-square on reference and current     [0, inf)   p < 0.05*
+                    counts; categoricals and booleans
+==================  ==============================================================  =========  =========
 
-\\* p-values are reported, and alerted on only with ``alert_on_pvalue=True``: at production sample sizes
+\\* p-values are reported, and alerted on only with ``drift_alert_on_pvalue=True``: at production sample sizes
 almost every feature is "significant" while its distance stays negligible. Thresholds default to Evidently's
 (PSI 0.1, Jensen-Shannon 0.1, normalised Wasserstein 0.1, p-value 0.05); the natural-log Jensen-Shannon
 distance is the one Evidently thresholds at 0.1 (``scipy.spatial.distance.jensenshannon`` default).
@@ -81,20 +80,20 @@ def _normalise(reference: Any) -> np.ndarray:
 
 
 def psi(reference: Any, current: Any, eps: float = EPS) -> np.ndarray:
-    """Population Stability Index: ``sum((p - q) * ln(p / q))`` over bins.
+    """Population Stability Index: ``sum((p - q) * ln(p / q))`` over bins, natural log.
 
-    ``p`` are the current counts as fractions, ``q`` the reference fractions; a fraction that is 0 on one
-    side (but not both) is replaced by ``eps`` before the sum, as Evidently does, so a bin that empties or
-    appears weighs ``|p - q| * ln(|p - q| / eps)`` instead of infinity. Natural log.
+    ``p`` are the current counts as fractions, ``q`` the reference fractions; a fraction below ``eps`` is
+    raised to ``eps`` first, so a bin that empties or appears weighs ``|p - q| * ln(|p - q| / eps)``
+    instead of infinity, and bins empty on both sides add nothing. Evidently replaces only empty bins by
+    0.0001: the two agree whenever every non-empty bin holds at least 1/10,000 of its sample (always for
+    samples under 10,000 values). A clamp is what PromQL's ``clamp_min`` computes, so the fleet-wide
+    recording rule (``docs/drift.md``) gives this function's value on the summed counts.
     """
     p, _ = _fractions(current)
     q = _normalise(reference)
-    both_empty = (p == 0) & (q == 0)
-    p = np.where(p > 0, p, eps)
-    q = np.where(q > 0, q, eps)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        terms = np.where(both_empty, 0.0, (p - q) * np.log(p / q))
-    return terms.sum(axis=-1)
+    p = np.maximum(p, eps)
+    q = np.maximum(q, eps)
+    return ((p - q) * np.log(p / q)).sum(axis=-1)
 
 
 def _entropy_terms(a: np.ndarray, m: np.ndarray) -> np.ndarray:

@@ -49,8 +49,8 @@ def test_psi_direct_formula_with_epsilon(bins):
     for j in range(ref.shape[0]):
         p = cur[j] / cur[j].sum()
         q = ref[j]
-        p = np.where(p == 0, 1e-4, p)
-        q = np.where(q == 0, 1e-4, q)
+        p = np.maximum(p, 1e-4)
+        q = np.maximum(q, 1e-4)
         assert got[j] == pytest.approx(float(np.sum((p - q) * np.log(p / q))), rel=1e-12)
 
 
