@@ -323,3 +323,25 @@ def test_no_values_gives_nan_and_no_drift():
     r = drift_report(b, counts)
     assert np.isnan(r.scores["psi"][0]) and not r.drifted[0]
     assert r.counts.tolist() == [0, 1]
+
+
+def test_fleet_psi_from_summed_replica_counts_equals_psi_of_the_union():
+    """Three replicas fed different data: PSI of their summed bin counters, computed the way the PromQL
+    rule in docs/drift.md does it (fractions, clamp_min, ln), equals PSI of the union of their inputs."""
+    rng = np.random.default_rng(12)
+    b = Baseline().fit(pd.DataFrame({"x": rng.normal(size=5000), "c": rng.choice(["a", "b", "c"], 5000)}))
+    replicas = [
+        pd.DataFrame({"x": rng.normal(0.0, 1, 700), "c": rng.choice(["a", "b"], 700)}),
+        pd.DataFrame({"x": rng.normal(0.8, 1, 300), "c": rng.choice(["a", "b", "c", "new"], 300)}),
+        pd.DataFrame({"x": rng.normal(-0.3, 2, 1100), "c": rng.choice(["c"], 1100)}),
+    ]
+    counters = sum(b.bin_counts(as_table(r)) for r in replicas)
+    union = drift_report(b, b.bin_counts(as_table(pd.concat(replicas))))
+    fractions = b.reference_fractions
+    for j in range(2):
+        k = b.n_bins_per_feature[j]  # exported bins: no padding
+        p = counters[j, :k] / counters[j, :k].sum()
+        q = fractions[j, :k]
+        promql = np.sum((np.maximum(p, 1e-4) - np.maximum(q, 1e-4)) * np.log(np.maximum(p, 1e-4) / np.maximum(q, 1e-4)))
+        assert promql == pytest.approx(union.scores["psi"][j], abs=1e-12)
+        assert union.scores["psi"][j] > 0.1
