@@ -526,17 +526,26 @@ class Baseline:
         c = self._compile()
         out = np.zeros((len(self.features), c["n_bins_max"]), dtype=np.int64)
         plan = self._plan(table)
-        if plan["num_dst"].size and table.numeric.shape[0]:
-            src = plan["num_src"]
-            E = c["E"] if plan["num_all"] else c["E"][:, plan["num_ecols"]]
+        M = table.numeric
+        if plan["num_dst"].size and M.shape[0]:
+            src, E = plan["num_src"], plan["E"]
             nb = E.shape[0] + 1
-            M = table.numeric
-            counts = np.zeros(len(src) * (nb + 1), dtype=np.int64)
-            for start in range(0, M.shape[0], _CHUNK_ROWS):  # row blocks: bounded temporary memory
-                block = M[start:start + _CHUNK_ROWS]
-                if not plan["num_identity"]:
-                    block = block[:, src]
-                counts += np.bincount(_bin_index(block, E).ravel(), minlength=counts.size)
+            size = len(src) * (nb + 1)
+            if M.shape[0] * E.shape[0] <= _SMALL:  # a few rows: one broadcast comparison, few numpy calls
+                block = M if plan["num_identity"] else M[:, src]
+                idx = (block[:, None, :] > E).sum(axis=1)
+                idx += plan["offsets"]
+                finite = np.isfinite(block)
+                if not finite.all():
+                    idx[~finite] = size  # past the last code: dropped below
+                counts = np.bincount(idx.ravel(), minlength=size + 1)[:size]
+            else:
+                counts = np.zeros(size, dtype=np.int64)
+                for start in range(0, M.shape[0], _CHUNK_ROWS):  # row blocks: bounded temporary memory
+                    block = M[start:start + _CHUNK_ROWS]
+                    if not plan["num_identity"]:
+                        block = block[:, src]
+                    counts += np.bincount(_bin_index(block, E).ravel(), minlength=size)
             out[plan["num_dst"], :nb] = counts.reshape(len(src), nb + 1)[:, :nb]
         for dst, src_j, source in plan["cat"]:
             values = table.categorical[src_j] if source == "categorical" else table.numeric[:, src_j]
@@ -657,11 +666,12 @@ class Baseline:
                 cat.append((j, src, "categorical"))
             elif src in numeric_col:
                 cat.append((j, numeric_col[src], "numeric"))
+        E = c["E"] if len(num_ecols) == len(c["numeric"]) else c["E"][:, num_ecols]
         plan = {
+            "E": E,
+            "offsets": np.arange(len(num_src), dtype=np.intp) * (E.shape[0] + 2),
             "num_src": np.asarray(num_src, dtype=np.intp),
             "num_dst": np.asarray(num_dst, dtype=np.intp),
-            "num_ecols": np.asarray(num_ecols, dtype=np.intp),
-            "num_all": len(num_ecols) == len(c["numeric"]),
             "num_identity": num_src == list(range(table.numeric.shape[1])),
             "cat": cat,
             "position": position,
