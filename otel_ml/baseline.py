@@ -387,13 +387,19 @@ class Baseline:
             })
 
     def _fit_categorical(self, column: np.ndarray) -> dict[str, Any]:
-        values = [v for v in column if not _missing(v)]
-        counter = Counter(_jsonable(v) for v in values)
+        raw = Counter(column.tolist())  # hashing the values once; the distinct ones are few
+        counter: Counter[Any] = Counter()
+        missing = 0
+        for value, n in raw.items():
+            if _missing(value):
+                missing += n
+            else:
+                counter[_jsonable(value)] += n
         ranked = sorted(counter.items(), key=_sort_key)
         kept = ranked[: self.max_categories]
         return {
-            "count": len(values),
-            "missing": int(len(column) - len(values)),
+            "count": int(len(column) - missing),
+            "missing": int(missing),
             "categories": [c for c, _ in kept],
             "category_counts": [int(n) for _, n in kept],
             "categories_complete": len(ranked) <= self.max_categories,
