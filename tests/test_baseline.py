@@ -269,6 +269,29 @@ def test_model_attribute_pickles_without_otel_ml(tmp_path):
     assert out.stdout.strip() == "otel-ml/baseline"
 
 
+def test_fitted_sklearn_model_carrying_a_baseline_unpickles_without_otel_ml(tmp_path):
+    from sklearn.linear_model import LogisticRegression
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(200, 3))
+    y = (X[:, 0] > 0).astype(int)
+    model = LogisticRegression().fit(X, y)
+    b = Baseline().fit(X, y=y, scores=model.predict_proba(X))
+    setattr(model, baseline_module.MODEL_ATTRIBUTE, b.to_model_attribute())
+    path = tmp_path / "model.pkl"
+    path.write_bytes(pickle.dumps(model))
+    code = ("import sys, pickle\n"
+            "class Block:\n"
+            "    def find_spec(self, name, path=None, target=None):\n"
+            "        if name.split('.')[0] == 'otel_ml': raise ImportError(name)\n"
+            "sys.meta_path.insert(0, Block())\n"
+            f"m = pickle.load(open({str(path)!r}, 'rb'))\n"
+            "print(m._otel_ml_baseline['baseline_id'], m.predict([[1.0, 0.0, 0.0]])[0])\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == [b.baseline_id, "1"]
+    assert Baseline.from_model_attribute(pickle.loads(path.read_bytes())).baseline_id == b.baseline_id
+
+
 def test_fit_returns_self_and_records_names():
     b = Baseline()
     assert b.fit(np.zeros((3, 2)), feature_names=["p", "q"]) is b
