@@ -680,7 +680,6 @@ class Baseline:
             "num_dst": np.asarray(num_dst, dtype=np.intp),
             "num_identity": num_src == list(range(table.numeric.shape[1])),
             "cat": cat,
-            "position": position,
         }
         if len(c["plans"]) >= _PLAN_CACHE_SIZE:
             c["plans"].clear()

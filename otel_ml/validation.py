@@ -119,6 +119,7 @@ class Validator:
         feats = baseline.features
         self._names = [f["name"] for f in feats]
         self._name_set = set(self._names)
+        self._index = {n: j for j, n in enumerate(self._names)}
         self._kinds = [f["kind"] for f in feats]
         self._numeric = [j for j, f in enumerate(feats) if f["kind"] != KIND_CATEGORICAL]
         lo, hi, nan_ok, miss = [], [], [], []
@@ -200,6 +201,8 @@ class Validator:
             "num_baseline": np.asarray([self._numeric[r] for r in num_rows], dtype=np.intp),
             "lo": self._lo[rows], "hi": self._hi[rows], "nan_ok": self._nan_ok[rows],
             "cats": cats,
+            "feature_of_column": [self._index.get(n) for n in names] if not by_position
+            else [i if i < len(self._names) else None for i in range(len(names))],
         }
         if len(self._plans) >= _PLAN_CACHE_SIZE:
             self._plans.clear()
@@ -286,24 +289,12 @@ class Validator:
             missing[table.numeric_index] = np.isnan(table.numeric).sum(axis=0)
         for j, column in table.categorical.items():
             missing[j] = sum(1 for v in column if v is None or (isinstance(v, float) and v != v))
-        for c, j in enumerate(self._plan_feature_positions(table, plan)):
+        for c, j in enumerate(plan["feature_of_column"]):
             if j is None or missing[c] == 0:
                 continue
             rate = missing[c] / rows
             if rate > self._missing_rate[j] + self.completeness_tolerance:
                 self._record(result, Violation(self._names[j], COMPLETENESS, round(float(rate), 6)))
-
-    def _plan_feature_positions(self, table: Table, plan: dict[str, Any]) -> list[int | None]:
-        positions = plan.get("feature_of_column")
-        if positions is None:
-            names = list(table.names)
-            index = {n: j for j, n in enumerate(self._names)}
-            if not self._name_set.issubset(names) and names == [f"x{i}" for i in range(len(names))]:
-                positions = [i if i < len(self._names) else None for i in range(len(names))]
-            else:
-                positions = [index.get(n) for n in names]
-            plan["feature_of_column"] = positions
-        return positions
 
 
 __all__ = [
