@@ -163,37 +163,56 @@ class Prediction:
 class PendingPredictions:
     """Recent predictions by id, at most ``max_rows`` rows no older than ``max_age`` seconds (oldest go first).
 
+    ``add`` (the request path) only appends to a queue; the queue is moved into the bounded, ordered store
+    when an outcome looks something up, or every ``DRAIN_ROWS`` rows, so memory stays bounded.
+
     >>> pending = PendingPredictions(max_rows=3, max_age=60)
     >>> for i in range(3):
-    ...     pending.add(_Stub(f"{i:032x}-{i:016x}", n_rows=2))
+    ...     _ = pending.add(_Stub(f"{i:032x}-{i:016x}", n_rows=2))
     >>> len(pending), pending.find(f"{0:032x}-{0:016x}") is None   # the oldest made room
-    (2, True)
+    (1, True)
     """
+
+    DRAIN_ROWS = 1024  # rows queued before the request path moves them into the store itself
 
     def __init__(self, max_rows: int, max_age: float) -> None:
         self.max_rows, self.max_age = max_rows, max_age
         self._items: collections.OrderedDict[str, Any] = collections.OrderedDict()
         self._rows = 0
+        self._incoming: collections.deque[Any] = collections.deque()
+        self._incoming_rows = 0
         self._lock = threading.Lock()
 
     def __len__(self) -> int:
-        return len(self._items)
+        with self._lock:
+            self._drain(time.monotonic())
+            return len(self._items)
 
     @property
     def rows(self) -> int:
-        return self._rows
+        with self._lock:
+            self._drain(time.monotonic())
+            return self._rows
 
     def add(self, prediction: Any) -> bool:
-        if prediction.n_rows > self.max_rows or prediction.n_rows <= 0:
+        n_rows = prediction.n_rows
+        if n_rows > self.max_rows or n_rows <= 0:
             return False
-        with self._lock:
-            self._items[prediction.prediction_id] = prediction
-            self._rows += prediction.n_rows
-            self._evict(time.monotonic())
+        self._incoming.append(prediction)  # atomic; no lock on the request path
+        self._incoming_rows += n_rows
+        if self._incoming_rows >= self.DRAIN_ROWS:
+            with self._lock:
+                self._drain(time.monotonic())
         return True
 
-    def _evict(self, now: float) -> None:
-        items, oldest_allowed = self._items, now - self.max_age
+    def _drain(self, now: float) -> None:
+        incoming, items = self._incoming, self._items
+        self._incoming_rows = 0
+        while incoming:
+            prediction = incoming.popleft()
+            items[prediction.prediction_id] = prediction
+            self._rows += prediction.n_rows
+        oldest_allowed = now - self.max_age
         while items:
             oldest = next(iter(items.values()))
             if self._rows <= self.max_rows and oldest.monotonic >= oldest_allowed:
@@ -203,11 +222,13 @@ class PendingPredictions:
 
     def find(self, prefix: str) -> Any:
         with self._lock:
-            self._evict(time.monotonic())
+            self._drain(time.monotonic())
             return self._items.get(prefix)
 
     def clear(self) -> None:
         with self._lock:
+            self._incoming.clear()
+            self._incoming_rows = 0
             self._items.clear()
             self._rows = 0
 

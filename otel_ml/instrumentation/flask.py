@@ -74,6 +74,7 @@ SPAN_ENVIRON_KEY = "opentelemetry-flask.span_key"  # where opentelemetry-instrum
 ERROR_TYPE_ENVIRON_KEY = "otel_ml.input_error_type"
 HEADER_MAX_IDS = 100  # larger batches get a range in the header (every id is in the JSON field)
 MAX_JSON_CHECK_BYTES = 1 << 20  # a rejected body larger than this is not parsed to tell invalid JSON
+_UNTOUCHABLE = frozenset({"content-encoding", "etag"})  # bodies with these headers are never rewritten
 
 
 def set_input_error_type(error_type: str) -> None:
@@ -100,6 +101,7 @@ class _RequestHandler:
         self.enabled = True
         self._telemetry: Any = None
         self._tracker: Any = None
+        self._identities: dict[Any, dict] = {}  # ModelState -> its identity attributes
         self.input_errors_description = "Requests a predict route rejected (4xx), by error.type"
 
     def attach(self, telemetry: Any, logger_provider: Any = None) -> Any:
@@ -139,37 +141,49 @@ class _RequestHandler:
     def _finish(self, telemetry: Any, tracker: Any, response: Any, status: int, collected: list) -> None:
         import flask
 
-        request = flask.request
-        rule = request.url_rule.rule if request.url_rule is not None else None
+        request = flask.request._get_current_object()  # one context lookup, then plain attributes
+        url_rule = request.url_rule
+        rule = url_rule.rule if url_rule is not None else None
         state = None
         if collected:
             prediction = tracker.on_prediction(collected)
             state = prediction.state
             if rule is not None and self.route_states.get(rule) is not state:
                 self.route_states[rule] = state
-            self._annotate_span(telemetry, request, prediction, collected)
+            span = request.environ.get(SPAN_ENVIRON_KEY)
+            if span is not None and span.is_recording():
+                self._annotate_span(telemetry, span, prediction, collected)
             if 200 <= status < 300:
                 if self.header:
                     response.headers[self.header] = self._header_value(prediction)
-                if self.field and response.is_json:
+                if self.field and not response.direct_passthrough:
                     self._add_field(response, prediction)
         if 400 <= status < 500 and rule is not None and (rule in self.route_states or rule in self.configured):
             self._count_input_error(telemetry, request, rule, status, state or self.route_states.get(rule))
 
     # -- the server span ------------------------------------------------------------------------------
-    def _annotate_span(self, telemetry: Any, request: Any, prediction: Any, collected: list) -> None:
-        span = request.environ.get(SPAN_ENVIRON_KEY)
-        if span is None or not span.is_recording():
-            return
-        attributes = identity_attributes(prediction.state)
+    def _identity(self, state: Any) -> dict:
+        cached = self._identities.get(state)
+        if cached is None:
+            if len(self._identities) > 1000:
+                self._identities.clear()
+            cached = self._identities[state] = identity_attributes(state)
+        return cached
+
+    def _annotate_span(self, telemetry: Any, span: Any, prediction: Any, collected: list) -> None:
+        attributes = dict(self._identity(prediction.state))
         attributes[semconv.PREDICTION_ID] = prediction.row_id(0)
-        attributes[semconv.INPUT_ROWS] = prediction.n_rows
+        n = prediction.n_rows
+        if n > 1:
+            attributes[semconv.INPUT_ROWS] = n
         # the model span's prediction summary, read once by the core (a probability call when there are several)
-        calls = [obs for obs in collected if obs.model is prediction.state and obs.n_rows == prediction.n_rows]
-        call = next((obs for obs in calls if obs.operation in outcomes.PROBABILITY_OPERATIONS), calls[0])
+        call = collected[0]
+        if len(collected) > 1:
+            calls = [obs for obs in collected if obs.model is prediction.state and obs.n_rows == n]
+            call = next((obs for obs in calls if obs.operation in outcomes.PROBABILITY_OPERATIONS), calls[0])
         predictions = call.read_predictions()
         if predictions is not None:
-            attributes.update(_prediction_attributes(predictions, prediction.n_rows, telemetry.config.max_classes))
+            attributes.update(_prediction_attributes(predictions, n, telemetry.config.max_classes))
         span.set_attributes(attributes)
 
     # -- prediction ids in the response ------------------------------------------------------------------
@@ -183,28 +197,43 @@ class _RequestHandler:
         return f"{prediction.prediction_id}-0..{n - 1}"
 
     def _add_field(self, response: Any, prediction: Any) -> None:
-        if (response.is_streamed or response.direct_passthrough or "Content-Encoding" in response.headers
-                or "ETag" in response.headers):
-            return
-        body = response.get_data()
+        chunks = response.response
+        if type(chunks) is list and len(chunks) == 1 and type(chunks[0]) is bytes:
+            body = chunks[0]  # what Flask's jsonify and Response(bytes) hold: no copy, no iteration
+        elif response.is_sequence:
+            body = response.get_data()
+        else:
+            return  # streamed
         stripped = body.lstrip()
+        first = stripped[:1]
+        if first not in (b"{", b"[") or not response.is_json:
+            return
+        headers = response.headers
+        for key, _ in headers:  # one pass (``in`` costs a KeyError per missing header)
+            if key.lower() in _UNTOUCHABLE:
+                return
         n = prediction.n_rows
-        if stripped.startswith(b"{"):
+        if first == b"{":
             if self.field_key in body:  # maybe already there: look properly
                 data = json.loads(body)
                 if not isinstance(data, dict) or self.field in data:
                     return
-            value = json.dumps(prediction.row_id(0) if n == 1 else prediction.ids()).encode()
+            # ids are hex digits and dashes: JSON strings as they are
+            value = f'"{prediction.row_id(0)}"' if n == 1 else '["' + '","'.join(prediction.ids()) + '"]'
             rest = stripped[1:].lstrip()
-            separator = b"" if rest.startswith(b"}") else b","
-            response.set_data(b"{" + self.field_key + b":" + value + separator + rest)
-        elif stripped.startswith(b"[") and n > 1:
+            new = b"".join((b"{", self.field_key, b":", value.encode(), b"" if rest.startswith(b"}") else b",", rest))
+        elif n > 1:
             data = json.loads(body)
-            if (isinstance(data, list) and len(data) == n
+            if not (isinstance(data, list) and len(data) == n
                     and all(isinstance(item, dict) and self.field not in item for item in data)):
-                for item, prediction_id in zip(data, prediction.ids()):
-                    item[self.field] = prediction_id
-                response.set_data(json.dumps(data, separators=(",", ":")).encode() + b"\n")
+                return
+            for item, prediction_id in zip(data, prediction.ids()):
+                item[self.field] = prediction_id
+            new = json.dumps(data, separators=(",", ":")).encode() + b"\n"
+        else:
+            return
+        response.response = [new]
+        headers["Content-Length"] = str(len(new))
 
     # -- rejected requests ------------------------------------------------------------------------------
     def _count_input_error(self, telemetry: Any, request: Any, rule: str, status: int, state: Any) -> None:
