@@ -168,3 +168,38 @@ EVENT_OUTCOME_RECORD = "ml.outcome.record"  # log record event name, ml.record.k
 INPUT_ERROR_INVALID_JSON = "invalid_json"  # error.type on ml.input.errors; otherwise the HTTP status code
 PERFORMANCE_CLASSIFICATION = ("accuracy", "precision", "recall", "f1", "roc_auc", "log_loss", "brier")
 PERFORMANCE_REGRESSION = ("mae", "rmse", "r2")  # values of ml.performance.metric
+
+
+# --------------------------------------------------------------------------------------------
+# Processor
+# Names put on the wire by the collector-side processor (otel_ml.processor); documented in
+# docs/processor.md. Gauges carry ml.model.name and ml.model.version plus the attributes noted.
+# --------------------------------------------------------------------------------------------
+WINDOW = "ml.window"  # attribute: the window a fleet value covers, e.g. "1h", "7d"
+FLEET_DRIFT_SCORE = "ml.fleet.drift.score"  # gauge, 1; attrs ml.feature.name, ml.drift.method, ml.window
+FLEET_DRIFT_SHARE = "ml.fleet.drift.share"  # gauge, 1; attrs ml.drift.method, ml.window
+FLEET_DRIFT_ROWS = "ml.fleet.drift.rows"  # gauge, {row}; attr ml.window: rows the window's drift is computed on
+FLEET_PERFORMANCE = "ml.fleet.performance"  # gauge, 1; attrs ml.performance.metric, ml.window (realised)
+FLEET_PERFORMANCE_ESTIMATED = "ml.fleet.performance.estimated"  # gauge, 1; same attrs (CBPE-style estimate)
+FLEET_PREDICTIONS = "ml.fleet.predictions"  # gauge, {prediction}; attr ml.window: prediction records in window
+FLEET_OUTCOME_COVERAGE = "ml.fleet.outcome.coverage"  # gauge, 1; attr ml.window: share of them with an outcome
+
+PROCESSOR_SIGNAL = "ml.processor.signal"  # attribute: metrics, logs or traces
+PROCESSOR_REASON = "ml.processor.reason"  # attribute: why a request was rejected or an item dropped
+PROCESSOR_TABLE = "ml.processor.table"  # attribute: predictions or pending_outcomes
+PROCESSOR_RECEIVED = "ml.processor.received"  # counter, {item}: data points / log records / spans accepted
+PROCESSOR_REJECTED = "ml.processor.rejected"  # counter, {request}: requests refused (attr ml.processor.reason)
+PROCESSOR_DROPPED = "ml.processor.dropped"  # counter, {item}: items accepted or stored, then discarded
+PROCESSOR_JOINED = "ml.processor.joined"  # counter, {outcome}: outcomes joined to their prediction
+PROCESSOR_STORE_ROWS = "ml.processor.store.rows"  # gauge, {row}; attr ml.processor.table
+PROCESSOR_STORE_SIZE = "ml.processor.store.size"  # gauge, By: database file size (with WAL)
+PROCESSOR_SERIES = "ml.processor.series"  # gauge, {series}: counter series tracked for fleet drift
+PROCESSOR_LAG = "ml.processor.lag"  # gauge, s; attr ml.processor.signal: now - newest timestamp received
+PROCESSOR_JOIN_DELAY = "ml.processor.join.delay"  # histogram, s: prediction time -> its outcome joined
+
+UNIT_ITEMS = "{item}"
+UNIT_SERIES = "{series}"
+UNIT_BYTES = "By"
+JOIN_DELAY_BUCKETS = (
+    1.0, 10.0, 60.0, 300.0, 900.0, 3600.0, 4 * 3600.0, 86400.0, 3 * 86400.0, 7 * 86400.0, 30 * 86400.0,
+)  # fmt: skip
