@@ -31,6 +31,17 @@ OTELCOL = ROOT / ".stack" / "bin" / "otelcol-ml"
 LB_CONFIG = ROOT / "collector-config" / "processor" / "processor-lb.yaml"
 PROCESSOR_CONFIG = ROOT / "collector-config" / "processor" / "processor.toml"
 MODELS = ["churn", "fraud", "credit", "upsell", "ltv", "spam"]
+DERIVED_TO_FILE = """
+exporters:
+  file/derived:
+    path: {path}
+    format: json
+    flush_interval: 200ms
+service:
+  pipelines:
+    metrics/derived:
+      exporters: [prometheus_remote_write/derived, file/derived]
+"""
 
 
 def start_processor(tmp_path: Path, name: str, derived: str) -> tuple[subprocess.Popen, str, str]:
@@ -141,11 +152,12 @@ def test_two_instances_each_model_complete_and_correct(tmp_path):
                    "OTEL_ML_PROCESSOR_LB_HEALTH_ENDPOINT": f"127.0.0.1:{health}",
                    "OTEL_ML_PROCESSOR_LB_TELEMETRY_PORT": str(free_port()),
                    "OTEL_ML_PROCESSORS": f"[{a[1]}, {b[1]}]",
-                   "OTEL_ML_PROMETHEUS_RW_ENDPOINT": "http://127.0.0.1:1/api/v1/write",
-                   "OTEL_ML_PROCESSOR_LB_DERIVED_FILE": str(derived_file)}
+                   "OTEL_ML_PROMETHEUS_RW_ENDPOINT": "http://127.0.0.1:1/api/v1/write"}
+            overlay = tmp_path / "derived-to-file.yaml"  # merged over the shipped config: also keep derived metrics
+            overlay.write_text(DERIVED_TO_FILE.format(path=derived_file))
             log = open(tmp_path / "collector.log", "w")
-            collector = subprocess.Popen([str(OTELCOL), f"--config={LB_CONFIG}"], env=env, stdout=log,
-                                         stderr=subprocess.STDOUT)
+            collector = subprocess.Popen([str(OTELCOL), f"--config={LB_CONFIG}", f"--config={overlay}"], env=env,
+                                         stdout=log, stderr=subprocess.STDOUT)
             wait_for(lambda: requests.get(f"http://127.0.0.1:{health}/", timeout=1).ok, 60, "collector not ready")
             sender = t.GrpcSender(f"127.0.0.1:{lb_grpc}")
 
