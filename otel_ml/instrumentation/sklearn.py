@@ -80,7 +80,7 @@ class _Patcher:
             active = ACTIVE.get()
             if active is None:
                 return self._outer(wrapped, instance, method, args, kwargs)
-            if active.model is instance:
+            if active.model is instance or active.span is None:  # same object, or a leaf's internals
                 return wrapped(*args, **kwargs)
             return self._step(active, wrapped, instance, method, args, kwargs)
 
