@@ -288,3 +288,11 @@ def test_missing_values_are_counted_per_feature(instrumented):
     metrics = instrumented.flush()
     assert metrics.value(semconv.INPUT_MISSING, ml__feature__name="x1") == 5
     assert metrics.value(semconv.INPUT_MISSING, ml__feature__name="x0") == 0
+
+
+def test_training_spans_can_be_switched_off(make, data):
+    X, y = data
+    inst = make(training_enabled=False)
+    model = LogisticRegression(max_iter=3000).fit(X, y)
+    model.predict(X.iloc[:2])
+    assert [s.name for s in inst.finished()] == ["predict LogisticRegression"]
