@@ -250,8 +250,7 @@ class Telemetry:
             else:
                 span.set_attribute(semconv.ERROR_TYPE, kind)
             if span.is_recording():
-                span.record_exception(exc)
-                span.set_status(Status(StatusCode.ERROR, f"{kind}: {exc}"[:256]))
+                self._record_error(span, exc, kind)
                 self._add_events(call, span)
             observation = self._observation(call, None, duration, kind)
             observation._span_context = span.get_span_context()
@@ -311,36 +310,38 @@ class Telemetry:
         return attributes
 
     def _feature_attributes(self, table: frame.Table) -> dict:
+        """Per-feature count, missing, mean and std of the numeric features (min/max only with raw capture)."""
         config = self.config
-        kept = table.numeric_index[: config.max_features] if len(table.numeric_index) > config.max_features \
-            else table.numeric_index
+        kept = table.numeric_index[: config.max_features]
         numeric = table.numeric[:, : len(kept)]
-        finite = np.isfinite(numeric)
-        count = finite.sum(axis=0)
-        safe = np.where(finite, numeric, 0.0)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            mean = safe.sum(axis=0) / count
-            var = (np.where(finite, numeric - mean, 0.0) ** 2).sum(axis=0) / count
+        rows = numeric.shape[0]
+        if rows and np.isfinite(numeric.sum()):  # the common case: nothing missing, plain reductions
+            count = np.full(len(kept), rows)
+            mean, std = numeric.mean(axis=0), numeric.std(axis=0)
+            lo, hi = (numeric.min(axis=0), numeric.max(axis=0)) if config.capture_raw else (None, None)
+        else:
+            finite = np.isfinite(numeric)
+            count = finite.sum(axis=0)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                mean = np.where(finite, numeric, 0.0).sum(axis=0) / count
+                std = np.sqrt((np.where(finite, numeric - mean, 0.0) ** 2).sum(axis=0) / count)
+                lo = np.where(finite, numeric, np.inf).min(axis=0) if config.capture_raw else None
+                hi = np.where(finite, numeric, -np.inf).max(axis=0) if config.capture_raw else None
         attributes: dict[str, Any] = {
             semconv.INPUT_FEATURE_NAMES: [table.names[j] for j in kept],
-            semconv.INPUT_FEATURE_COUNT: [int(c) for c in count],
-            semconv.INPUT_FEATURE_MISSING: [int(table.rows_kept - c) for c in count],
-            semconv.INPUT_FEATURE_MEAN: [_finite(v) for v in mean],
-            semconv.INPUT_FEATURE_STD: [_finite(v) for v in np.sqrt(var)],
+            semconv.INPUT_FEATURE_COUNT: count.tolist(),
+            semconv.INPUT_FEATURE_MISSING: (rows - count).tolist(),
+            semconv.INPUT_FEATURE_MEAN: _finite_list(mean),
+            semconv.INPUT_FEATURE_STD: _finite_list(std),
         }
         if table.n_features > len(kept):
             attributes[semconv.INPUT_FEATURES_TRUNCATED] = table.n_features - len(kept)
         if table.sampled:
-            attributes[semconv.INPUT_SAMPLED_ROWS] = table.rows_kept
-        if config.capture_raw:
-            masked = set(config.mask_features)
-            with np.errstate(invalid="ignore"):
-                lo = np.where(finite, numeric, np.inf).min(axis=0)
-                hi = np.where(finite, numeric, -np.inf).max(axis=0)
-            attributes[semconv.INPUT_FEATURE_MIN] = [
-                0.0 if table.names[j] in masked else _finite(v) for j, v in zip(kept, lo)]
-            attributes[semconv.INPUT_FEATURE_MAX] = [
-                0.0 if table.names[j] in masked else _finite(v) for j, v in zip(kept, hi)]
+            attributes[semconv.INPUT_SAMPLED_ROWS] = rows
+        if lo is not None:
+            masked = [table.names[j] in config.mask_features for j in kept]
+            attributes[semconv.INPUT_FEATURE_MIN] = _finite_list(np.where(masked, 0.0, lo))
+            attributes[semconv.INPUT_FEATURE_MAX] = _finite_list(np.where(masked, 0.0, hi))
         return attributes
 
     def _after_fit(self, call: Call) -> None:
@@ -372,16 +373,28 @@ class Telemetry:
                                                   semconv.MODEL_CLASS: type(model).__name__})
         return Step(model, span, parent if isinstance(parent, Call) else parent.parent)
 
-    @staticmethod
-    def end_step(step: Step, exc: BaseException | None = None) -> None:
+    def end_step(self, step: Step, exc: BaseException | None = None) -> None:
         if exc is not None:
-            step.span.set_attribute(semconv.ERROR_TYPE, error_type(exc))
-            step.span.set_status(Status(StatusCode.ERROR, f"{error_type(exc)}: {exc}"[:256]))
+            kind = error_type(exc)
+            step.span.set_attribute(semconv.ERROR_TYPE, kind)
+            self._record_error(step.span, exc, kind, event=False)
         step.span.end()
+
+    def _record_error(self, span: Any, exc: BaseException, kind: str, event: bool = True) -> None:
+        """Error status and exception event. scikit-learn's messages quote the offending input ("Found
+        unknown categories ['...']"), so without raw capture only the exception type leaves the process."""
+        if self.config.capture_raw:
+            span.set_status(Status(StatusCode.ERROR, f"{kind}: {exc}"[:256]))
+            if event:
+                span.record_exception(exc)
+            return
+        span.set_status(Status(StatusCode.ERROR, kind))
+        if event:
+            span.add_event("exception", {"exception.type": kind, "exception.escaped": True})
 
 
 CAPTURE_SCORE_ROWS = 5000
-QUANTILE_SAMPLE = 2000  # score quantiles on spans use every k-th score of larger batches
+QUANTILE_SAMPLE = 1000  # score quantiles on spans use every k-th score of larger batches
 
 
 def _training_scores(model: Any, inputs: Any) -> Any:
@@ -397,6 +410,12 @@ def _training_scores(model: Any, inputs: Any) -> Any:
         return method(inputs)
     except Exception:  # a model that cannot score its own training data: baseline without scores
         return None
+
+
+def _finite_list(values: np.ndarray) -> list[float]:
+    """Floats for an attribute array, with NaN and infinities (which OTLP JSON cannot carry) as 0."""
+    values = values.astype(np.float64, copy=False)
+    return values.tolist() if np.isfinite(values.sum()) else np.where(np.isfinite(values), values, 0.0).tolist()
 
 
 def _finite(value: float) -> float:

@@ -296,3 +296,22 @@ def test_training_spans_can_be_switched_off(make, data):
     model = LogisticRegression(max_iter=3000).fit(X, y)
     model.predict(X.iloc[:2])
     assert [s.name for s in inst.finished()] == ["predict LogisticRegression"]
+
+
+def test_error_text_quoting_inputs_stays_in_the_process(make):
+    import pandas as pd
+    from sklearn.preprocessing import OneHotEncoder
+
+    encoder = OneHotEncoder().fit(pd.DataFrame({"segment": ["a", "b"]}))
+    bad = pd.DataFrame({"segment": ["secret-segment-42"]})
+    inst = make()
+    with pytest.raises(ValueError, match="secret-segment-42"):  # the caller still gets the full message
+        encoder.transform(bad)
+    span = inst.roots()[-1]
+    assert span.status.description == "ValueError"
+    assert "secret-segment-42" not in repr([(e.name, dict(e.attributes)) for e in span.events])
+    inst.instrumentor.uninstrument()
+    inst = make(capture_raw=True)
+    with pytest.raises(ValueError):
+        encoder.transform(bad)
+    assert "secret-segment-42" in inst.roots()[-1].status.description

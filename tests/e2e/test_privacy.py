@@ -12,8 +12,8 @@ span), so Jaeger holds every span the app made.
    ``ml.feature.value`` and ``ml.input.raw`` with the sentinels (its console exporter shows them); the agent's
    ``transform/raw_ml_values`` deletes them (``OTEL_ML_ALLOW_RAW_CAPTURE`` is not set), so nothing arrives.
 3. Errors whose scikit-learn message quotes the input ("Found unknown categories ['...']", "could not convert
-   string to float: '...'"): the agent keeps only the exception type of model-call spans. otel-ml itself still
-   hands those messages to the exporter (marked xfail below: a bug of otel-ml, not of the stack).
+   string to float: '...'"): otel-ml exports only the exception type unless raw capture is on, and the agent
+   keeps only the exception type of model-call spans as a second line of defence.
 
 What is scanned: Jaeger's raw JSON of every trace of the service; every label value and the series and sample
 values of the services in Prometheus; what the agent, the gateway (incl. its debug exporter) and the other
@@ -219,11 +219,6 @@ def test_error_messages_quoting_inputs_do_not_leave_the_host(errors_run, stack_o
         assert not _hits(text), f"a sentinel reached {path}: {_hits(text)}"
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "otel-ml BUG (first line of defence): with OTEL_ML_CAPTURE_RAW=false, otel_ml/telemetry.py Telemetry.fail "
-    "puts str(exc) in the span status and span.record_exception adds exception.message/stacktrace, and "
-    "Telemetry.end_step puts str(exc) in the step span's status; scikit-learn's messages quote the offending "
-    "input value. Only the agent config (collector-config/agent.yaml) strips them today."))
 def test_otel_ml_exports_no_input_value_in_error_messages(errors_run):
     # what otel-ml handed to the exporter, before any collector (the app's console exporter)
     exported = errors_run.stdout.split(privacy_app.SUMMARY_PREFIX, 1)[-1]
