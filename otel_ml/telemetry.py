@@ -224,6 +224,10 @@ class Telemetry:
                     attributes.update(self._span_attributes(call, observation))
                 span = call.span = self._start_span(call, attributes, call.start_ns)
                 observation._span_context = span.get_span_context()
+                if observation._prediction_id is not None:  # made before the span existed: tie it to the span
+                    observation._prediction_id = None
+                    if semconv.PREDICTION_ID in attributes:
+                        span.set_attribute(semconv.PREDICTION_ID, observation.row_id(0))
             elif span.is_recording():
                 span.set_attributes(self._span_attributes(call, observation))
             if span.is_recording():

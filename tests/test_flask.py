@@ -431,3 +431,20 @@ def test_metrics_reach_the_exporter_after_many_requests(service, data):
     rows_metric = svc.inst.flush().value(semconv.INPUT_ROWS_METRIC, ml__operation__name="predict_proba")
     assert rows_metric == 20
     np.testing.assert_equal(len(svc.server_spans()), 20)
+
+
+def test_leaf_model_ids_are_tied_to_the_trace(service, data):
+    X, y = data
+    leaf = LogisticRegression(max_iter=3000).fit(X.to_numpy(), y)
+    svc = service()
+
+    @svc.app.post("/leaf")
+    def leaf_route():
+        return flask.jsonify(p=float(leaf.predict_proba(np.asarray([flask.request.get_json()]))[0, 1]))
+
+    response = svc.client.post("/leaf", json=X.iloc[0].tolist())
+    (server,) = [s for s in svc.server_spans() if s.attributes.get("http.route") == "/leaf"]
+    (model_span,) = [s for s in svc.spans() if s.name == "predict_proba LogisticRegression"]
+    expected = f"{server.context.trace_id:032x}-{model_span.context.span_id:016x}-0"
+    assert response.headers["X-Prediction-Id"] == expected
+    assert model_span.attributes[semconv.PREDICTION_ID] == expected == server.attributes[semconv.PREDICTION_ID]
