@@ -238,6 +238,9 @@ FIELDS: tuple[Field, ...] = (
           "how long an outcome waits for a prediction that has not arrived yet"),
     Field("average", "performance.average", "OTEL_ML_PROCESSOR_AVERAGE", "macro", _choice("macro", "weighted"),
           "multiclass averaging of precision, recall, F1 and ROC AUC"),
+    Field("performance_interval", "performance.interval", "OTEL_ML_PROCESSOR_PERFORMANCE_INTERVAL", 30.0,
+          parse_duration, "shortest time between two recomputations of a model version's performance (each "
+          "reads the window's rows from the store)"),
     Field("min_pairs", "performance.min_pairs", "OTEL_ML_PROCESSOR_MIN_PAIRS", 1, _int_at_least(1),
           "fewest joined pairs in a window for realised performance to be reported"),
     Field("baselines", "performance.baselines", "OTEL_ML_PROCESSOR_BASELINES", {}, _baselines,
@@ -285,6 +288,7 @@ class ProcessorConfig:
     horizon: float = 30 * 86400.0
     outcome_wait: float = 86400.0
     average: str = "macro"
+    performance_interval: float = 30.0
     min_pairs: int = 1
     baselines: dict = field(default_factory=dict)
     store_path: str = "otel-ml-processor.db"

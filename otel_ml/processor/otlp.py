@@ -147,6 +147,23 @@ def any_value(v: Any) -> Any:
     return None
 
 
+def _wanted_value(v: Any) -> Any:
+    """``any_value`` for the shapes ML records use (scalars, arrays of scalars), with fewer calls."""
+    kind = v.WhichOneof("value")
+    if kind == "array_value":
+        out = []
+        for x in v.array_value.values:
+            k = x.WhichOneof("value")
+            out.append(getattr(x, k) if k in _SCALAR_KINDS else any_value(x))
+        return out
+    if kind in _SCALAR_KINDS:
+        return getattr(v, kind)
+    return any_value(v)
+
+
+_SCALAR_KINDS = frozenset({"string_value", "int_value", "double_value", "bool_value"})
+
+
 def attributes(kvs: Any) -> dict[str, Any]:
     return {kv.key: any_value(kv.value) for kv in kvs}
 
@@ -301,7 +318,13 @@ def log_records(request: Message) -> tuple[list[Record], int, int, int]:
             scope: dict[str, Any] | None = None
             for lr in sl.log_records:
                 total += 1
-                a = {kv.key: any_value(kv.value) for kv in lr.attributes if kv.key in _WANTED}
+                a = {}
+                for kv in lr.attributes:
+                    key = kv.key
+                    if key in _WANTED:
+                        v = kv.value
+                        value_kind = v.WhichOneof("value")
+                        a[key] = getattr(v, value_kind) if value_kind in _SCALAR_KINDS else _wanted_value(v)
                 kind = a.get(semconv.RECORD_KIND)
                 if kind not in kinds:
                     continue
@@ -310,14 +333,18 @@ def log_records(request: Message) -> tuple[list[Record], int, int, int]:
                 if scope is None:
                     scope = {k: v for k, v in attributes(sl.scope.attributes).items() if k in _WANTED}
                 pid = a.get(semconv.PREDICTION_ID)
-                model = _lookup(semconv.MODEL_NAME, a, scope, res)
+                model = a.get(semconv.MODEL_NAME)
+                if model is None:
+                    model = _lookup(semconv.MODEL_NAME, scope, res)
                 t = lr.time_unix_nano or lr.observed_time_unix_nano
                 if t > newest:
                     newest = t
                 if not pid or model is None:
                     invalid += 1
                     continue
-                version = _lookup(semconv.MODEL_VERSION, a, scope, res)
+                version = a.get(semconv.MODEL_VERSION)
+                if version is None:
+                    version = _lookup(semconv.MODEL_VERSION, scope, res)
                 version = "" if version is None else str(version)
                 is_outcome = kind == semconv.RECORD_KIND_OUTCOME
                 if is_outcome and a.get(semconv.OUTCOME_ACTUAL) is None:
@@ -336,7 +363,8 @@ def log_records(request: Message) -> tuple[list[Record], int, int, int]:
                 if not isinstance(delay, (int, float)) or isinstance(delay, bool) or not delay >= 0:
                     delay = None
                 records.append(Record(kind, str(pid), str(model), version, t, a.get(semconv.PREDICTION_LABEL),
-                                      score, scores, names, _lookup(semconv.MODEL_TYPE, a, scope, res),
+                                      score, scores, names, a.get(semconv.MODEL_TYPE) or _lookup(
+                                          semconv.MODEL_TYPE, scope, res),
                                       a.get(semconv.OUTCOME_ACTUAL) if is_outcome else None, delay))
     return records, total, invalid, newest
 

@@ -7,8 +7,9 @@ within ``limits.queue_wait`` is refused as retryable (gRPC ``UNAVAILABLE`` with 
 ``Retry-After``), so the collector's retry and queue hold the data instead of this process's memory.
 
 Compute thread, every ``compute_interval``: evict drift slots and store rows, checkpoint drift state into the
-store, recompute fleet drift and the performance of each model version whose data changed (and of every
-model version at least once a minute, as windows slide), and publish the result as the new
+store, recompute fleet drift and the performance of each model version whose data changed (at most every
+``performance.interval``, and every model version at least every five minutes, as windows slide), and
+publish the result as the new
 :class:`~otel_ml.processor.telemetry.Snapshot` read by the exporter.
 """
 
@@ -41,7 +42,7 @@ from otel_ml.processor.telemetry import ProcessorTelemetry, Snapshot
 
 _log = logging.getLogger("otel_ml.processor")
 
-FULL_RECOMPUTE = 60.0  # seconds: every model version is recomputed at least this often (windows slide)
+FULL_RECOMPUTE = 300.0  # seconds: every model version is recomputed at least this often (windows slide)
 
 
 class OverloadedError(Exception):
@@ -137,7 +138,7 @@ class Processor:
             if self._stopping.is_set():
                 return
             try:
-                self.compute()
+                self.compute(force=False)
             except Exception:  # keep computing on the next tick
                 _log.exception("otel-ml processor: compute failed")
 
@@ -208,27 +209,38 @@ class Processor:
         return invalid, message
 
     # -- compute ------------------------------------------------------------------------------------------
-    def compute(self) -> Snapshot:
-        """Evict, checkpoint, recompute; publishes and returns the new snapshot."""
+    def compute(self, force: bool = True) -> Snapshot:
+        """Evict, checkpoint, recompute; publishes and returns the new snapshot.
+
+        Drift is recomputed every time (it is cheap: sums of slot arrays). A model version's performance is
+        recomputed when ``force``, when it is new, when its data changed and ``performance.interval`` has
+        passed since its last recomputation, or every ``FULL_RECOMPUTE`` seconds (windows slide).
+        """
         with self._compute_lock:
             now = self.clock()
             cfg = self.config
             self.drift.evict(now)
             self.store.checkpoint_drift(self.drift.dirty_state())
+            self.store.checkpoint_wal()
             self._drop("logs", {k: v for k, v in self.store.evict(now, cfg.retention, cfg.outcome_wait,
                                                                    cfg.max_rows).items() if v})
             drift = self.drift.compute(now)
             with self._changed_lock:
-                changed, self._changed = self._changed, set()
+                changed = set(self._changed)
             models = set(self.store.models())
             for key in list(self._performance):
                 if key not in models:
                     del self._performance[key]
                     self._last_computed.pop(key, None)
             for key in models:
-                if key in changed or now - self._last_computed.get(key, -1e18) >= FULL_RECOMPUTE:
-                    self._performance[key] = self._model_performance(key[0], key[1], now)
-                    self._last_computed[key] = now
+                last = self._last_computed.get(key)
+                if not (force or last is None or now - last >= FULL_RECOMPUTE
+                        or (key in changed and now - last >= cfg.performance_interval)):
+                    continue
+                with self._changed_lock:
+                    self._changed.discard(key)  # changes arriving from now on mark it again
+                self._performance[key] = self._model_performance(key[0], key[1], now)
+                self._last_computed[key] = now
             snap = Snapshot(drift=drift, computed_at=now)
             for perf, est, preds, cov in self._performance.values():
                 snap.performance.update(perf)

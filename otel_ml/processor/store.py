@@ -43,7 +43,7 @@ from otel_ml.processor.otlp import Record
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS predictions (
-    id TEXT PRIMARY KEY,
+    id TEXT NOT NULL UNIQUE,
     model TEXT NOT NULL,
     version TEXT NOT NULL,
     ts INTEGER NOT NULL,
@@ -55,7 +55,7 @@ CREATE TABLE IF NOT EXISTS predictions (
     actual TEXT,
     outcome_ts INTEGER,
     joined_at REAL
-) WITHOUT ROWID;
+);
 CREATE INDEX IF NOT EXISTS predictions_by_model_time ON predictions (model, version, ts);
 CREATE TABLE IF NOT EXISTS pending_outcomes (
     id TEXT PRIMARY KEY,
@@ -77,6 +77,7 @@ CREATE TABLE IF NOT EXISTS drift_baseline (
 ) WITHOUT ROWID;
 """
 _CHUNK = 500  # ids per IN (...) query
+WAL_AUTOCHECKPOINT_PAGES = 50_000  # 4 KiB pages: about 200 MB
 
 
 @dataclass
@@ -111,6 +112,9 @@ class Store:
         self._conn.execute("PRAGMA journal_mode=WAL")
         self._conn.execute(f"PRAGMA synchronous={synchronous.upper()}")
         self._conn.execute("PRAGMA busy_timeout=10000")
+        # WAL checkpoints run from the compute thread (checkpoint_wal), not inside a request's commit; the
+        # writer checkpoints by itself only past 200 MB of WAL, as a bound if the compute thread stalls.
+        self._conn.execute(f"PRAGMA wal_autocheckpoint={WAL_AUTOCHECKPOINT_PAGES}")
         self._conn.executescript(_SCHEMA)
         self._reader = sqlite3.connect(target, uri=uri, check_same_thread=False, isolation_level=None)
         self._reader.execute("PRAGMA busy_timeout=10000")
@@ -128,8 +132,16 @@ class Store:
         predictions = [r for r in records if r.kind == "prediction"]
         outcomes = [r for r in records if r.kind != "prediction"]
         interned: dict[tuple, str] = {}
-        pred_rows = [(r.id, r.model, r.version, r.time_ns, _label(r.label), r.score, _scores(r.scores),
-                      self._classes(r.class_names, interned), r.model_type) for r in predictions]
+        labels: dict[Any, str | None] = {}
+        pred_rows = []
+        for r in predictions:
+            label = labels.get(r.label, labels) if r.label.__hash__ is not None else labels
+            if label is labels:
+                label = _label(r.label)
+                if r.label.__hash__ is not None:
+                    labels[r.label] = label
+            pred_rows.append((r.id, r.model, r.version, r.time_ns, label, r.score, _scores(r.scores),
+                              self._classes(r.class_names, interned), r.model_type))
         with self._lock:
             conn = self._conn
             conn.execute("BEGIN IMMEDIATE")
@@ -248,6 +260,13 @@ class Store:
                 conn.execute("ROLLBACK")
                 raise
         return dropped
+
+    def checkpoint_wal(self) -> None:
+        """Copy the WAL back into the database without blocking writers (PASSIVE), off the request path."""
+        if self.path == ":memory:":
+            return
+        with self._read_lock:
+            self._reader.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
 
     # -- reads --------------------------------------------------------------------------------------------
     def models(self) -> list[tuple[str, str]]:

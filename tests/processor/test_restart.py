@@ -30,6 +30,7 @@ class Instance:
                     "OTEL_ML_PROCESSOR_HTTP_ENDPOINT": self.http,
                     "OTEL_ML_PROCESSOR_STORE_PATH": str(tmp_path / "p.db"),
                     "OTEL_ML_PROCESSOR_EXPORT_ENDPOINT": "none", "OTEL_ML_PROCESSOR_COMPUTE_INTERVAL": "0.3s",
+                    "OTEL_ML_PROCESSOR_PERFORMANCE_INTERVAL": "0.3s",
                     "OTEL_ML_PROCESSOR_DRIFT_MIN_ROWS": "1"}
         self.log = tmp_path / "processor.log"
         self.proc: subprocess.Popen | None = None

@@ -50,7 +50,8 @@ def start_processor(tmp_path: Path, name: str, derived: str) -> tuple[subprocess
            "OTEL_ML_PROCESSOR_HTTP_ENDPOINT": f"127.0.0.1:{http_port}",
            "OTEL_ML_PROCESSOR_STORE_PATH": str(tmp_path / f"{name}.db"),
            "OTEL_ML_PROCESSOR_EXPORT_ENDPOINT": derived, "OTEL_ML_PROCESSOR_EXPORT_INTERVAL": "1s",
-           "OTEL_ML_PROCESSOR_COMPUTE_INTERVAL": "0.5s", "OTEL_ML_PROCESSOR_DRIFT_MIN_ROWS": "1",
+           "OTEL_ML_PROCESSOR_COMPUTE_INTERVAL": "0.5s", "OTEL_ML_PROCESSOR_PERFORMANCE_INTERVAL": "0.5s",
+           "OTEL_ML_PROCESSOR_DRIFT_MIN_ROWS": "1",
            "OTEL_ML_PROCESSOR_INSTANCE_ID": name}
     log = open(tmp_path / f"{name}.log", "w")
     proc = subprocess.Popen([sys.executable, "-m", "otel_ml.processor", "--config", str(PROCESSOR_CONFIG)],
