@@ -306,8 +306,10 @@ def log_records(request: Message) -> tuple[list[Record], int, int, int]:
     """The prediction and outcome records of an ``ExportLogsServiceRequest``.
 
     Returns (records, log records in the request, invalid ML records, newest timestamp). A record with
-    ``ml.record.kind`` but no prediction id or model name, or an outcome without ``ml.outcome.actual``, is
-    invalid (reported as rejected in ``partial_success``); log records without ``ml.record.kind`` are ignored.
+    ``ml.record.kind`` but no prediction id, a prediction without model name, or an outcome without
+    ``ml.outcome.actual`` is invalid (reported as rejected in ``partial_success``); log records without
+    ``ml.record.kind`` are ignored. An outcome without model name (``otel_ml.outcomes`` leaves it out when
+    the process never ran the model) gets model "" and is joined by its prediction id alone.
     """
     records: list[Record] = []
     total = invalid = newest = 0
@@ -339,14 +341,16 @@ def log_records(request: Message) -> tuple[list[Record], int, int, int]:
                 t = lr.time_unix_nano or lr.observed_time_unix_nano
                 if t > newest:
                     newest = t
-                if not pid or model is None:
+                is_outcome = kind == semconv.RECORD_KIND_OUTCOME
+                if not pid or (model is None and not is_outcome):
                     invalid += 1
                     continue
+                if model is None:  # an outcome recorded where its model is unknown: joined by id alone
+                    model = ""
                 version = a.get(semconv.MODEL_VERSION)
                 if version is None:
                     version = _lookup(semconv.MODEL_VERSION, scope, res)
                 version = "" if version is None else str(version)
-                is_outcome = kind == semconv.RECORD_KIND_OUTCOME
                 if is_outcome and a.get(semconv.OUTCOME_ACTUAL) is None:
                     invalid += 1
                     continue

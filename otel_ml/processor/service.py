@@ -196,8 +196,8 @@ class Processor:
             if result.changed:
                 with self._changed_lock:
                     self._changed |= result.changed
-            message = (f"{invalid} ML records lack ml.prediction.id, ml.model.name or ml.outcome.actual"
-                       if invalid else "")
+            message = (f"{invalid} ML records lack ml.prediction.id, ml.model.name (predictions) or "
+                       "ml.outcome.actual (outcomes)" if invalid else "")
         else:
             total, invalid, newest, dropped, message = otlp.count_spans(request), 0, 0, {}, ""
         self.count(semconv.PROCESSOR_RECEIVED, total - invalid, **{semconv.PROCESSOR_SIGNAL: signal})
