@@ -126,14 +126,16 @@ def _replicas(rng: np.random.Generator, n_bins: int, shift: int) -> dict[str, np
 
 
 def _window_counts(replicas: dict[str, np.ndarray], window_steps: int) -> np.ndarray:
-    """Rows of the window (EVAL_STEP - window_steps, EVAL_STEP], summed over replicas, by the rules' definition."""
+    """Rows of the window (EVAL_STEP - window_steps, EVAL_STEP], summed over replicas, by the rules' definition.
+
+    r1 counts last - before, r2 (started inside the window) its last value, r3 (restarted inside it, now
+    below its value before the window) its last value: the rows since the restart."""
     total = 0
     for cum in replicas.values():
         last = cum[EVAL_STEP]
         before = cum[EVAL_STEP - window_steps] if EVAL_STEP - window_steps >= 0 else np.full_like(last, np.nan)
-        inside = cum[max(EVAL_STEP - window_steps, 0):EVAL_STEP + 1]
-        reset = (np.diff(inside, axis=0) < 0).any(axis=0)  # per bin: each bin is its own series
-        total = total + np.where(reset | np.isnan(before), last, last - before)
+        # per bin (each bin is its own series): a reset shows as a value below the one before the window
+        total = total + np.where(np.isnan(before) | (last < before), last, last - before)
     return total
 
 

@@ -163,17 +163,24 @@ def demo(stack, tmp_path_factory):
         selector = f'ml_model_version="{version}", deployment_environment_name="{environment}"'
         wait_for(lambda: prom_value(f"sum(ml_input_rows_total{{{selector}}})") == sent["rows"] or None,
                  what="the demo's final row count in Prometheus")
-        wait_for(lambda: prom_value(f'count(ml:fleet_drift_psi{{{selector}, window="10m"}})'),
-                 what="the fleet recording rules over the demo's data")
+        arrived = time.time()
+
+        def rules_evaluated_after_arrival():
+            at = prom_value(f'min(timestamp(ml:fleet_drift_psi{{{selector}}}))')
+            return at if at is not None and at >= arrived else None
+
+        # panels are queried at the first rule evaluation over all the demo's data (the fleet panels need it;
+        # the rate panels need it less than a rate window after the traffic)
+        at = wait_for(rules_evaluated_after_arrival, timeout=60, what="the fleet recording rules over the demo's data")
         yield {"run": run, "version": version, "environment": environment, "model": "breast_cancer",
-               "sent": sent, "start": start, "end": end + 2, "selector": selector}
+               "sent": sent, "start": start, "end": at + 1, "traffic_end": end, "selector": selector}
     finally:
         override.unlink(missing_ok=True)
         requests.post(f"{PROMETHEUS}/-/reload", timeout=30)
 
 
 def _values(demo: dict, window: str) -> dict[str, str]:
-    duration = int(demo["end"] - demo["start"]) + 60
+    duration = int(demo["traffic_end"] - demo["start"]) + 60
     return {"model": demo["model"], "version": demo["version"], "environment": demo["environment"],
             "window": window, "feature": "mean radius", "datasource": "prometheus",
             "__rate_interval": "1m", "__interval": "15s", "__range": f"{duration}s"}

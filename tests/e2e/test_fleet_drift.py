@@ -141,8 +141,13 @@ def test_fleet_psi_equals_offline_psi_of_the_union(fleet, window):
     wanted_rows[SCORE_FEATURE] = float(fleet["n_scored"])
 
     def evaluated():
-        rows = _by_feature(f"ml:fleet_feature_rows{{{selector}}}")
-        return rows == wanted_rows or None
+        # rules run in order within an evaluation: wait for rows over all data, then for a PSI sample of that
+        # evaluation or a later one (not a PSI of the previous evaluation, over part of the data)
+        if _by_feature(f"ml:fleet_feature_rows{{{selector}}}") != wanted_rows:
+            return None
+        rows_at = _by_feature(f"timestamp(ml:fleet_feature_rows{{{selector}}})")
+        psi_at = _by_feature(f"timestamp(ml:fleet_drift_psi{{{selector}}})")
+        return (set(psi_at) == set(rows_at) and all(psi_at[f] >= rows_at[f] for f in rows_at)) or None
 
     wait_for(evaluated, timeout=90, what=f"the recording rules over all rows of the three replicas ({window})")
     got = _by_feature(f"ml:fleet_drift_psi{{{selector}}}")
