@@ -161,14 +161,15 @@ class HistogramState(_Instrument):
                 state[4] = value
 
     def record_many(self, key: AttrKey, values: np.ndarray) -> None:
-        values = values[np.isfinite(values)]
+        if not np.isfinite(values.sum()):
+            values = values[np.isfinite(values)]
         if values.size == 0:
             return
         counts = np.bincount(np.searchsorted(self._bounds_array, values, side="left"),
                              minlength=len(self.bounds) + 1)
         with self._lock:
             state = self._state(key)
-            state[0] = [a + int(b) for a, b in zip(state[0], counts)]
+            state[0] = [a + b for a, b in zip(state[0], counts.tolist())]
             state[1] += float(values.sum())
             state[2] += int(values.size)
             state[3] = min(state[3], float(values.min()))

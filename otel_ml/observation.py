@@ -133,9 +133,14 @@ def read_predictions(operation: str, output: Any, class_labels: list[str] | None
         if arr.ndim != 2 or arr.shape[1] == 0 or arr.dtype.kind not in "fc":
             return None
         proba = np.exp(arr) if operation == "predict_log_proba" else arr
-        top = proba.argmax(axis=1)
-        confidence = proba.max(axis=1)
-        scores = proba[:, 1] if proba.shape[1] == 2 else confidence
+        if proba.shape[1] == 2:  # row-wise argmax over two columns is slow in numpy: compare instead
+            scores = proba[:, 1]
+            top = (scores > proba[:, 0]).view(np.int8).astype(np.intp)
+            confidence = np.maximum(proba[:, 0], scores)
+        else:
+            top = proba.argmax(axis=1)
+            confidence = proba.max(axis=1)
+            scores = confidence
         classes = class_labels if class_labels is not None and len(class_labels) == proba.shape[1] else None
         return Predictions(scores.astype(np.float64, copy=False),
                            float(confidence.min()) if len(confidence) else None, top=top, classes=classes)
