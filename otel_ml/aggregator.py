@@ -247,7 +247,8 @@ class Aggregator:
         """Fit a baseline on training inputs and store it, as plain JSON-able data, inside the model."""
         from otel_ml.baseline import Baseline
 
-        baseline = Baseline().fit(inputs, y=targets, scores=scores, feature_names=frame.feature_names_of(inputs))
+        baseline = Baseline(n_bins=self.config.baseline_bins, top_k=self.config.baseline_top_k).fit(
+            inputs, y=targets, scores=scores, feature_names=frame.feature_names_of(inputs))
         setattr(model, BASELINE_ATTRIBUTE, baseline.to_model_attribute())
 
     def _count_drift(self, state: ModelState, tables: list[frame.Table], scores: Any) -> None:

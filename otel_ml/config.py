@@ -21,6 +21,7 @@ from typing import Any
 
 INFERENCE_METHODS = ("predict", "predict_proba", "predict_log_proba", "decision_function", "transform", "score")
 TRAINING_METHODS = ("fit", "fit_transform", "fit_predict", "partial_fit")
+DRIFT_METHODS = ("psi", "jensen_shannon", "wasserstein")  # otel_ml.drift.DISTANCE_METHODS
 
 
 class ConfigError(ValueError):
@@ -69,12 +70,12 @@ def _positive_float(raw: str) -> float:
     return value
 
 
-def _methods(allowed: tuple[str, ...]) -> Callable[[str], tuple[str, ...]]:
+def _choices(allowed: tuple[str, ...], what: str = "method") -> Callable[[str], tuple[str, ...]]:
     def parse(raw: str) -> tuple[str, ...]:
         names = tuple(n.strip() for n in raw.split(",") if n.strip())
         unknown = [n for n in names if n not in allowed]
         if unknown:
-            raise ValueError(f"unknown method {unknown[0]!r}; choose from {', '.join(allowed)}")
+            raise ValueError(f"unknown {what} {unknown[0]!r}; choose from {', '.join(allowed)}")
         return names
 
     return parse
@@ -111,11 +112,11 @@ VARIABLES: tuple[Variable, ...] = (
              "Model name for every instrumented model (default: the file stem it was loaded from, else the class)."),
     Variable("OTEL_ML_MODEL_VERSION", "model_version", None, _text,
              "Model version (default: unset, reported as 'unknown')."),
-    Variable("OTEL_ML_INFERENCE_METHODS", "inference_methods", INFERENCE_METHODS, _methods(INFERENCE_METHODS),
+    Variable("OTEL_ML_INFERENCE_METHODS", "inference_methods", INFERENCE_METHODS, _choices(INFERENCE_METHODS),
              "Comma-separated inference methods to instrument."),
     Variable("OTEL_ML_TRAINING_ENABLED", "training_enabled", True, _bool,
              "Trace fit, fit_transform, fit_predict and partial_fit."),
-    Variable("OTEL_ML_TRAINING_METHODS", "training_methods", TRAINING_METHODS, _methods(TRAINING_METHODS),
+    Variable("OTEL_ML_TRAINING_METHODS", "training_methods", TRAINING_METHODS, _choices(TRAINING_METHODS),
              "Comma-separated training methods to instrument when training is enabled."),
     Variable("OTEL_ML_FEATURE_SUMMARIES", "feature_summaries", True, _bool,
              "Put per-feature summaries (count, missing, mean, std) on spans of large enough batches."),
@@ -138,6 +139,10 @@ VARIABLES: tuple[Variable, ...] = (
              "Baseline JSON file (default: <model file stem>.baseline.json next to the model file)."),
     Variable("OTEL_ML_CAPTURE_BASELINE", "capture_baseline", False, _bool,
              "Capture a baseline from the training data when fit runs, stored inside the fitted model."),
+    Variable("OTEL_ML_BASELINE_BINS", "baseline_bins", 10, _int_at_least(2),
+             "Quantile bins per numeric feature of a baseline captured at fit."),
+    Variable("OTEL_ML_BASELINE_TOP_K", "baseline_top_k", 20, _int_at_least(1),
+             "Categories kept per categorical feature of a baseline captured at fit (the rest: __other__)."),
     Variable("OTEL_ML_DRIFT_WINDOW_ROWS", "drift_window_rows", 1000, _int_at_least(10),
              "Rows in a drift window; a window also closes after OTEL_ML_DRIFT_WINDOW_SECONDS."),
     Variable("OTEL_ML_DRIFT_WINDOW_SECONDS", "drift_window_seconds", 300.0, _positive_float,
@@ -155,7 +160,9 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("OTEL_ML_DRIFT_PVALUE", "drift_pvalue", 0.05, _fraction,
              "p-value threshold used when OTEL_ML_DRIFT_ALERT_ON_PVALUE is on."),
     Variable("OTEL_ML_DRIFT_SHARE_THRESHOLD", "drift_share_threshold", 0.5, _fraction,
-             "Share of drifted features above which the dataset counts as drifted."),
+             "Share of drifted features at or above which the dataset counts as drifted."),
+    Variable("OTEL_ML_DRIFT_METHODS", "drift_methods", DRIFT_METHODS, _choices(DRIFT_METHODS, "drift method"),
+             "Distances that flag a feature as drifted (all are computed and exported)."),
     Variable("OTEL_ML_VALIDATION_STRICT", "validation_strict", False, _bool,
              "Raise InputValidationError before the model runs when an input violates the baseline."),
     Variable("OTEL_ML_VALIDATION_RANGE_MARGIN", "validation_range_margin", 0.1, _fraction,
@@ -201,6 +208,8 @@ class Config:
     max_child_spans: int
     baseline_path: str | None
     capture_baseline: bool
+    baseline_bins: int
+    baseline_top_k: int
     drift_window_rows: int
     drift_window_seconds: float
     drift_min_rows: int
@@ -210,6 +219,7 @@ class Config:
     drift_alert_on_pvalue: bool
     drift_pvalue: float
     drift_share_threshold: float
+    drift_methods: tuple[str, ...]
     validation_strict: bool
     validation_range_margin: float
     validation_completeness_tolerance: float
@@ -246,3 +256,25 @@ def load(environ: Mapping[str, str] | None = None, **overrides: Any) -> Config:
             raise ConfigError(f"{var.env}={raw!r}: {exc}") from None
     values.update(overrides)
     return Config(**values)
+
+
+def markdown() -> str:
+    """``docs/configuration.md``, generated from ``VARIABLES``: ``python -m otel_ml.config > docs/configuration.md``."""
+    lines = [
+        "# Configuration", "",
+        "Every setting is an environment variable, read once when the instrumentor starts",
+        "(`otel_ml/config.py`); an invalid value stops start-up with an error naming the variable and the value.",
+        "`opentelemetry-instrument` also accepts each as a flag (`OTEL_ML_MODEL_NAME` → `--ml_model_name`).",
+        "The standard `OTEL_*` variables (service name, exporters, endpoints, sampling) work as usual.", "",
+        "| variable | default | meaning |", "|---|---|---|",
+    ]
+    for var in VARIABLES:
+        default = var.default
+        if isinstance(default, tuple):
+            default = ",".join(default) if default else "(empty)"
+        lines.append(f"| `{var.env}` | `{'(unset)' if default is None else default}` | {var.doc} |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    print(markdown(), end="")

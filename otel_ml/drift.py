@@ -506,7 +506,8 @@ class DriftMonitor:
                    drift_threshold_js=config.drift_threshold_js,
                    drift_threshold_wasserstein=config.drift_threshold_wasserstein,
                    drift_alert_on_pvalue=config.drift_alert_on_pvalue, drift_pvalue=config.drift_pvalue,
-                   drift_share_threshold=config.drift_share_threshold)
+                   drift_share_threshold=config.drift_share_threshold,
+                   methods=getattr(config, "drift_methods", DISTANCE_METHODS))
 
     @property
     def rows_in_window(self) -> int:
