@@ -224,12 +224,11 @@ class Telemetry:
                     attributes.update(self._span_attributes(call, observation))
                 span = call.span = self._start_span(call, attributes, call.start_ns)
                 observation._span_context = span.get_span_context()
-                if observation._prediction_id is not None:  # made before the span existed: tie it to the span
-                    observation._prediction_id = None
-                    if semconv.PREDICTION_ID in attributes:
-                        span.set_attribute(semconv.PREDICTION_ID, observation.row_id(0))
             elif span.is_recording():
                 span.set_attributes(self._span_attributes(call, observation))
+            if span.is_recording() and call.operation not in TRAINING:
+                # the id names the span, so it is known only now that the span exists
+                span.set_attribute(semconv.PREDICTION_ID, observation.row_id(0))
             if span.is_recording():
                 self._add_events(call, span)
             self._publish(observation)
@@ -299,8 +298,6 @@ class Telemetry:
     def _span_attributes(self, call: Call, observation: Observation) -> dict:
         state, config = call.state, self.config
         attributes: dict[str, Any] = {}
-        if observation.operation not in TRAINING:
-            attributes[semconv.PREDICTION_ID] = observation.row_id(0)
         predictions = observation.read_predictions()
         if predictions is not None:
             attributes.update(_prediction_attributes(predictions, call.n_rows, config.max_classes))
