@@ -49,3 +49,15 @@ def test_invalid_values_name_the_variable_and_the_value(env, message):
 def test_methods_can_be_narrowed_and_training_switched_off():
     cfg = config.load({"OTEL_ML_INFERENCE_METHODS": "predict_proba", "OTEL_ML_TRAINING_ENABLED": "false"})
     assert cfg.methods == ("predict_proba",)
+
+
+def test_the_launcher_imports_no_scikit_learn_until_the_app_does():
+    launcher = Path(sys.executable).with_name("opentelemetry-instrument")
+    code = ("import sys; before = 'sklearn' in sys.modules; "
+            "from sklearn.linear_model import LogisticRegression as L; "
+            "print(before, type(L.__dict__['predict_proba']).__name__)")
+    env = {"PATH": str(Path(sys.executable).parent), "OTEL_TRACES_EXPORTER": "none", "OTEL_METRICS_EXPORTER": "none",
+           "OTEL_LOGS_EXPORTER": "none"}
+    out = subprocess.run([str(launcher), sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                         check=True).stdout.split()
+    assert out == ["False", "FunctionWrapper"]
