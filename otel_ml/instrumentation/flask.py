@@ -20,7 +20,7 @@ What it does, for every Flask app in the process (old or new, instrumented by Fl
   ``/predict``), so that they count rejected requests from the first one. Other routes are untouched.
 * **The request's server span** (from ``opentelemetry-instrumentation-flask``) gets the model's identity
   (``ml.model.name``, ``ml.model.version``, ``ml.model.id``), ``ml.prediction.id`` of row 0,
-  ``ml.input.rows`` and the prediction summary of the model span (label and score of one row; class
+  ``ml.input.rows`` (batches) and the prediction summary of the model span (label and score of one row; class
   counts and score percentiles of a batch). The model spans are its children.
 * **Prediction ids** (``<trace id>-<span id>-<row>``, unique across replicas, tied to the trace) go back
   to the caller of a successful (2xx) predict request:
