@@ -23,7 +23,6 @@ import argparse
 import heapq
 import json
 import random
-import sys
 import time
 from collections import Counter
 from pathlib import Path
@@ -172,12 +171,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--holdout", type=Path, default=HERE / "holdout.csv")
     parser.add_argument("--summary", type=Path, help="write the summary (with every outcome sent) as JSON here")
+    parser.add_argument("--quiet", action="store_true", help="do not print the summary")
     args = parser.parse_args(argv)
     summary = Traffic(args).run()
     if args.summary:
         args.summary.write_text(json.dumps(summary, indent=1))
-    printable = {k: v for k, v in summary.items() if k != "outcomes"}
-    print(json.dumps(printable, indent=1), file=sys.stdout)
+    if not args.quiet:
+        print(json.dumps({k: v for k, v in summary.items() if k != "outcomes"}, indent=1))
     return summary
 
 
