@@ -192,7 +192,7 @@ FIELDS: tuple[Field, ...] = (
           _optional_str, "OTLP/HTTP listen address; also serves /health and /status"),
     Field("max_request_bytes", "receivers.max_request_bytes", "OTEL_ML_PROCESSOR_MAX_REQUEST_BYTES", 16 * 1024**2,
           _size, "largest request accepted, after decompression (gRPC RESOURCE_EXHAUSTED / HTTP 413 above)"),
-    Field("max_inflight", "limits.max_inflight_requests", "OTEL_ML_PROCESSOR_MAX_INFLIGHT", 4, _int_at_least(1),
+    Field("max_inflight", "limits.max_inflight_requests", "OTEL_ML_PROCESSOR_MAX_INFLIGHT", 2, _int_at_least(1),
           "requests processed at once; others wait for queue_wait, then are refused with UNAVAILABLE / 503"),
     Field("queue_wait", "limits.queue_wait", "OTEL_ML_PROCESSOR_QUEUE_WAIT", 0.5, parse_duration,
           "how long a request may wait for a processing slot"),
@@ -265,7 +265,7 @@ class ProcessorConfig:
     grpc_endpoint: str | None = DEFAULT_GRPC_ENDPOINT
     http_endpoint: str | None = DEFAULT_HTTP_ENDPOINT
     max_request_bytes: int = 16 * 1024**2
-    max_inflight: int = 4
+    max_inflight: int = 2
     queue_wait: float = 0.5
     retry_after: float = 2.0
     max_connections: int = 64

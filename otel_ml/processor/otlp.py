@@ -334,6 +334,7 @@ def log_records(request: Message) -> tuple[list[Record], int, int, int]:
                     res = {k: v for k, v in attributes(rl.resource.attributes).items() if k in _WANTED}
                 if scope is None:
                     scope = {k: v for k, v in attributes(sl.scope.attributes).items() if k in _WANTED}
+                    scope_type = _lookup(semconv.MODEL_TYPE, scope, res)
                 pid = a.get(semconv.PREDICTION_ID)
                 model = a.get(semconv.MODEL_NAME)
                 if model is None:
@@ -360,15 +361,16 @@ def log_records(request: Message) -> tuple[list[Record], int, int, int]:
                 delay = a.get(semconv.OUTCOME_DELAY)
                 if not isinstance(score, (int, float)) or isinstance(score, bool) or score != score:
                     score = None
-                if not isinstance(scores, list) or not all(isinstance(s, (int, float)) for s in scores):
+                if scores is not None and not (isinstance(scores, list) and all(
+                        type(s) is float or (isinstance(s, (int, float)) and not isinstance(s, bool))
+                        for s in scores)):
                     scores = None
                 if not isinstance(names, list) or scores is None or len(names) != len(scores):
                     names = None
                 if not isinstance(delay, (int, float)) or isinstance(delay, bool) or not delay >= 0:
                     delay = None
                 records.append(Record(kind, str(pid), str(model), version, t, a.get(semconv.PREDICTION_LABEL),
-                                      score, scores, names, a.get(semconv.MODEL_TYPE) or _lookup(
-                                          semconv.MODEL_TYPE, scope, res),
+                                      score, scores, names, a.get(semconv.MODEL_TYPE) or scope_type,
                                       a.get(semconv.OUTCOME_ACTUAL) if is_outcome else None, delay))
     return records, total, invalid, newest
 
