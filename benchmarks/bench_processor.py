@@ -170,7 +170,8 @@ def run_throughput(workdir: Path, seconds: float, n_requests: int) -> dict:
             "pushed_back_requests": stats["unavailable"],
             "stored_predictions": stored["predictions"],
             "rss_mib": {"start": round(rss0, 1), "peak": round(max(inst.rss), 1), "end": round(inst.rss[-1], 1)},
-            "store_mib": round(status["gauges"]["ml.processor.store.size"][0]["value"] / 2**20, 1),
+            "store_mib_with_wal": round(status["gauges"]["ml.processor.store.size"][0]["value"] / 2**20, 1),
+            "store_bytes_per_prediction": round(os.path.getsize(workdir / "single.db") / records),
         }
         assert stored["predictions"] == records, (stored, records)  # acknowledged == stored
 

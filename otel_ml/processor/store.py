@@ -77,7 +77,7 @@ CREATE TABLE IF NOT EXISTS drift_baseline (
 ) WITHOUT ROWID;
 """
 _CHUNK = 500  # ids per IN (...) query
-WAL_AUTOCHECKPOINT_PAGES = 50_000  # 4 KiB pages: about 200 MB
+WAL_AUTOCHECKPOINT_PAGES = 16_384  # 4 KiB pages: 64 MiB
 
 
 @dataclass
@@ -113,8 +113,9 @@ class Store:
         self._conn.execute(f"PRAGMA synchronous={synchronous.upper()}")
         self._conn.execute("PRAGMA busy_timeout=10000")
         # WAL checkpoints run from the compute thread (checkpoint_wal), not inside a request's commit; the
-        # writer checkpoints by itself only past 200 MB of WAL, as a bound if the compute thread stalls.
+        # writer checkpoints by itself only past 64 MB of WAL, and the WAL file is truncated back to 64 MB.
         self._conn.execute(f"PRAGMA wal_autocheckpoint={WAL_AUTOCHECKPOINT_PAGES}")
+        self._conn.execute(f"PRAGMA journal_size_limit={WAL_AUTOCHECKPOINT_PAGES * 4096}")
         self._conn.executescript(_SCHEMA)
         self._reader = sqlite3.connect(target, uri=uri, check_same_thread=False, isolation_level=None)
         self._reader.execute("PRAGMA busy_timeout=10000")
@@ -287,6 +288,7 @@ class Store:
                 size = self._reader.execute("PRAGMA page_size").fetchone()[0]
             return pages * size
         return sum(os.path.getsize(p) for p in (self.path, self.path + "-wal") if os.path.exists(p))
+
 
     # -- drift checkpoint ---------------------------------------------------------------------------------
     def checkpoint_drift(self, state: dict[str, list]) -> None:
