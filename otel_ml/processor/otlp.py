@@ -14,6 +14,7 @@ from __future__ import annotations
 import base64
 import gzip
 import json
+import time
 import zlib
 from dataclasses import dataclass
 from typing import Any
@@ -339,7 +340,7 @@ def log_records(request: Message) -> tuple[list[Record], int, int, int]:
                 model = a.get(semconv.MODEL_NAME)
                 if model is None:
                     model = _lookup(semconv.MODEL_NAME, scope, res)
-                t = lr.time_unix_nano or lr.observed_time_unix_nano
+                t = lr.time_unix_nano or lr.observed_time_unix_nano or time.time_ns()  # no time: received now
                 if t > newest:
                     newest = t
                 is_outcome = kind == semconv.RECORD_KIND_OUTCOME
