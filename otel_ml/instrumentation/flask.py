@@ -184,6 +184,7 @@ class _RequestHandler:
         predictions = call.read_predictions()
         if predictions is not None:
             attributes.update(_prediction_attributes(predictions, n, telemetry.config.max_classes))
+            attributes.pop(semconv.PREDICTION_CONFIDENCE_MIN, None)  # on the model span; every attribute costs
         span.set_attributes(attributes)
 
     # -- prediction ids in the response ------------------------------------------------------------------
