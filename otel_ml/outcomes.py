@@ -471,16 +471,20 @@ class OutcomeTracker:
         prediction = self.pending.find(parsed.prefix)
         joined = (prediction is not None and parsed.row < prediction.n_rows and prediction.mark_joined(parsed.row))
         state = prediction.state if prediction is not None else self._state_for(model)
+        # a model named by the caller that never predicted here (a labelling job): its name is all we know,
+        # and the collector-side processor needs it (its load balancer routes outcomes by ml.model.name)
+        named = model if state is None and isinstance(model, str) and model else None
         if joined:
             window = self._window(state)
             window.add(actual, prediction.read(), parsed.row)
         try:
             self.records.emit_outcome(parsed, prediction_id.strip(), actual, state, prediction if joined else None,
-                                      timestamp_ns)
+                                      timestamp_ns, model_name=named)
         except Exception as exc:
             self._internal_error("outcome_record", exc)
         if telemetry is not None:
-            key = (state.metric_key if state is not None else ()) + ((semconv.OUTCOME_JOINED, joined),)
+            identity = state.metric_key if state is not None else ((semconv.MODEL_NAME, named),) if named else ()
+            key = identity + ((semconv.OUTCOME_JOINED, joined),)
             telemetry.store.counter(semconv.OUTCOME_COUNT, semconv.UNIT_OUTCOMES, OUTCOME_COUNT_DESCRIPTION).add(key, 1)
             if joined:
                 self._gauge(telemetry)

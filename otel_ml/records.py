@@ -202,8 +202,9 @@ class RecordEmitter:
 
     # -- outcome records ------------------------------------------------------------------------------
     def emit_outcome(self, parsed: ParsedId, prediction_id: str, actual: Any, state: Any = None,
-                     prediction: Any = None, timestamp_ns: int | None = None) -> None:
-        """Emit one outcome record; ``prediction`` is the joined :class:`~otel_ml.outcomes.Prediction`, if any."""
+                     prediction: Any = None, timestamp_ns: int | None = None, model_name: str | None = None) -> None:
+        """Emit one outcome record; ``prediction`` is the joined :class:`~otel_ml.outcomes.Prediction`, if any;
+        ``model_name`` names the model when ``state`` (the model's identity) is not known in this process."""
         now = time.time_ns()
         attributes: dict[str, Any] = {
             semconv.RECORD_KIND: semconv.RECORD_KIND_OUTCOME,
@@ -212,6 +213,8 @@ class RecordEmitter:
         }
         if state is not None:
             attributes.update(identity_attributes(state))
+        elif model_name:
+            attributes[semconv.MODEL_NAME] = model_name
         if prediction is not None:
             attributes.update(row_attributes(prediction.read(), parsed.row, prediction.state.class_labels))
             attributes[semconv.OUTCOME_DELAY] = max(0.0, ((timestamp_ns or now) - prediction.time_ns) / 1e9)

@@ -160,6 +160,26 @@ def test_outcome_records_joined_and_not(recorded, model):
     assert unjoined.trace_id == int("ab" * 16, 16) and unjoined.span_id == int("cd" * 8, 16)
 
 
+def test_outcome_records_name_the_model_given_even_when_it_never_predicted_here(recorded, model):
+    # a labelling job: the processor's load balancer routes outcome records by ml.model.name
+    fitted, X = model
+    inst, logs = recorded()
+    fitted.predict_proba(X.iloc[:1])  # another model ("records") predicts in this process
+    stranger = f"{'ab' * 16}-{'cd' * 8}-0"
+    assert not otel_ml.record_outcome(stranger, 1, model="churn")
+    provider_logs = InMemoryLogRecordExporter()
+    provider = LoggerProvider()
+    provider.add_log_record_processor(SimpleLogRecordProcessor(provider_logs))
+    standalone = outcomes.OutcomeTracker(None, provider)  # no instrumented model at all
+    assert not standalone.record(stranger, 0, model="churn")
+    for record in (*records(logs, "outcome"), *records(provider_logs, "outcome")):
+        a = record.attributes
+        assert a[semconv.MODEL_NAME] == "churn" and semconv.MODEL_VERSION not in a, dict(a)
+        assert a[semconv.PREDICTION_ID] == stranger
+    counts = inst.flush().points(semconv.OUTCOME_COUNT)
+    assert {(p.attributes.get(semconv.MODEL_NAME), p.value) for p in counts} == {("churn", 1)}
+
+
 def test_outcome_records_without_any_instrumentation_go_to_the_global_provider():
     # no Telemetry: a feedback-only service still emits records (to the no-op provider here)
     assert otel_ml.record_outcome(f"{'1' * 32}-{'2' * 16}-0", True) is False

@@ -310,7 +310,8 @@ def log_records(request: Message) -> tuple[list[Record], int, int, int]:
     ``ml.record.kind`` but no prediction id, a prediction without model name, or an outcome without
     ``ml.outcome.actual`` is invalid (reported as rejected in ``partial_success``); log records without
     ``ml.record.kind`` are ignored. An outcome without model name (``otel_ml.outcomes`` leaves it out when
-    the process never ran the model) gets model "" and is joined by its prediction id alone.
+    the process never ran the model and was not given ``model=``) gets model "" and is joined by its
+    prediction id alone.
     """
     records: list[Record] = []
     total = invalid = newest = 0
