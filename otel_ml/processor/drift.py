@@ -8,6 +8,9 @@ Each counter series (one replica's ``ml.feature.bin.count`` for one model, featu
 
 * delta temporality: the value is the delta;
 * cumulative, series seen before with the same start time and no bucket smaller than before: value - last;
+* cumulative, an older point than the newest one seen (same start time, values smaller, timestamp not
+  later; or an earlier start time): nothing. Collectors retry exports from queues with several consumers,
+  so after an outage points of one series can arrive out of order; their rows are in the newer point;
 * cumulative, start time changed or a value went down (the replica restarted: a counter reset): the whole
   new value, which counts from the new start;
 * cumulative, series never seen: the whole value when the series started inside the longest window
@@ -73,10 +76,11 @@ class DriftSnapshot:
 
 
 class _Series:
-    __slots__ = ("start_ns", "values", "seen")
+    __slots__ = ("start_ns", "values", "seen", "time_ns")
 
-    def __init__(self, start_ns: int, values: tuple, seen: float) -> None:
+    def __init__(self, start_ns: int, values: tuple, seen: float, time_ns: int = 0) -> None:
         self.start_ns, self.values, self.seen = start_ns, values, seen
+        self.time_ns = time_ns  # timestamp of the newest point (0: unknown, a checkpoint of an older version)
 
 
 class FleetDrift:
@@ -155,15 +159,20 @@ class FleetDrift:
             if len(self._series) >= self.max_series:
                 self._dirty_series.discard(p.stream)
                 return None
-            self._series[p.stream] = _Series(p.start_ns, values, now)
+            self._series[p.stream] = _Series(p.start_ns, values, now, p.time_ns)
             self._deleted_series.discard(p.stream)
             return values if p.start_ns >= horizon_ns else ()
         prev = s.values
         s.seen = now
-        if p.start_ns == s.start_ns and len(prev) == len(values) and all(a >= b for a, b in zip(values, prev)):
-            s.values = values
-            return tuple(a - b for a, b in zip(values, prev))
-        s.start_ns, s.values = p.start_ns, values
+        if p.start_ns == s.start_ns and len(prev) == len(values):
+            if all(a >= b for a, b in zip(values, prev)):
+                s.values, s.time_ns = values, max(s.time_ns, p.time_ns)
+                return tuple(a - b for a, b in zip(values, prev))
+            if p.time_ns <= s.time_ns:
+                return ()  # an older point delivered late: its rows came with the newer one
+        elif p.start_ns < s.start_ns:
+            return ()  # a point of the replica's previous run, delivered late: counted before the reset
+        s.start_ns, s.values, s.time_ns = p.start_ns, values, p.time_ns
         return values  # reset: everything since the new start
 
     # -- output -----------------------------------------------------------------------------------------
@@ -239,7 +248,7 @@ class FleetDrift:
         """What changed since the last call, for the store's checkpoint (consistent: taken under the lock)."""
         with self._lock:
             out = {
-                "series": [(k, s.start_ns, json.dumps(list(s.values)), s.seen)
+                "series": [(k, s.start_ns, json.dumps({"values": list(s.values), "time_ns": s.time_ns}), s.seen)
                            for k in self._dirty_series if (s := self._series.get(k)) is not None],
                 "series_deleted": list(self._deleted_series),
                 "counts": [(k[0], k[1], k[2], slot, json.dumps(self._counts[k][slot].tolist()))
@@ -259,7 +268,11 @@ class FleetDrift:
         """Load a checkpoint (rows as written from :meth:`dirty_state`)."""
         with self._lock:
             for stream, start_ns, values, seen in series:
-                self._series[stream] = _Series(int(start_ns), tuple(json.loads(values)), float(seen))
+                state = json.loads(values)  # {"values": [...], "time_ns": t}; a plain list before time_ns was kept
+                if isinstance(state, list):
+                    state = {"values": state, "time_ns": 0}
+                self._series[stream] = _Series(int(start_ns), tuple(state["values"]), float(seen),
+                                               int(state["time_ns"]))
             for model, version, feature, slot, values in counts:
                 self._counts[(model, version, feature)][int(slot)] = np.asarray(json.loads(values), dtype=float)
             for model, version, feature, bins in baseline:
