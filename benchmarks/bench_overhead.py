@@ -66,13 +66,16 @@ def _provider(sampler) -> TracerProvider:
     return provider
 
 
-def _time_calls(fn, X, calls: int) -> float:
+def _time_calls(fn, X, calls: int) -> tuple[float, float]:
+    """(median wall-clock µs per call, process CPU µs per call: every thread, so otel-ml's aggregator too)."""
     times = np.empty(calls)
+    cpu = time.process_time_ns()
     for i in range(calls):
         t = time.perf_counter_ns()
         fn(X)
         times[i] = time.perf_counter_ns() - t
-    return float(np.median(times)) / 1000.0  # µs
+    cpu = time.process_time_ns() - cpu
+    return float(np.median(times)) / 1000.0, cpu / calls / 1000.0
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -105,7 +108,7 @@ def main(argv: list[str] | None = None) -> dict:
         return call
 
     variants = ("plain", "bare_span", "otel_ml", "otel_ml_baseline", "otel_ml_unsampled")
-    results: dict[str, dict[int, dict[str, list[float]]]] = {
+    results: dict[str, dict[int, dict[str, list[tuple[float, float]]]]] = {
         m: {n: {v: [] for v in variants} for n in BATCHES} for m in models}
     rounds = 2 if args.quick else args.rounds
     for _ in range(rounds):
@@ -153,11 +156,16 @@ def _attach(instrumentor, model, baseline) -> None:
 
 
 def _report(results) -> dict:
-    out: dict = {"unit": "microseconds per call (median)", "models": {}}
+    out: dict = {"unit": "microseconds per call: wall = median over rounds of the per-round median; "
+                         "cpu = median over rounds of process CPU time per call", "models": {}, "cpu": {}}
     for model, by_batch in results.items():
         out["models"][model] = {}
+        out["cpu"][model] = {}
         for n, by_variant in by_batch.items():
-            med = {v: statistics.median(times) for v, times in by_variant.items()}
+            cpu = {v: statistics.median(c for _, c in times) for v, times in by_variant.items()}
+            out["cpu"][model][str(n)] = {f"{v}_us": round(t, 2) for v, t in cpu.items()} | {
+                f"{v}_overhead_us": round(cpu[v] - cpu["plain"], 2) for v in by_variant if v != "plain"}
+            med = {v: statistics.median(w for w, _ in times) for v, times in by_variant.items()}
             plain = med["plain"]
             row = {f"{v}_us": round(t, 2) for v, t in med.items()}
             bare_overhead = med["bare_span"] - plain
@@ -172,7 +180,7 @@ def _report(results) -> dict:
 
 
 def _markdown(report: dict) -> str:
-    lines = ["| model | rows | plain µs | bare span +µs | otel-ml +µs (x bare) | with baseline +µs (x bare) "
+    lines = ["Wall clock (median µs per call; overhead over plain, and as a multiple of the bare span's):", "","| model | rows | plain µs | bare span +µs | otel-ml +µs (x bare) | with baseline +µs (x bare) "
              "| unsampled +µs | otel-ml % of plain |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for model, by_batch in report["models"].items():
         for n, r in by_batch.items():
@@ -181,6 +189,14 @@ def _markdown(report: dict) -> str:
                 f"| {r['otel_ml_overhead_us']:.1f} ({r['otel_ml_overhead_vs_bare_span']}) "
                 f"| {r['otel_ml_baseline_overhead_us']:.1f} ({r['otel_ml_baseline_overhead_vs_bare_span']}) "
                 f"| {r['otel_ml_unsampled_overhead_us']:.1f} | {r['otel_ml_overhead_pct_of_plain']:.1f} |")
+    lines += ["", "Process CPU time (µs per call, all threads; overhead over plain):", "",
+              "| model | rows | plain | bare span | otel-ml | with baseline | unsampled |",
+              "|---|---:|---:|---:|---:|---:|---:|"]
+    for model, by_batch in report["cpu"].items():
+        for n, r in by_batch.items():
+            lines.append(f"| {model} | {n} | {r['plain_us']:.1f} | +{r['bare_span_overhead_us']:.1f} "
+                         f"| +{r['otel_ml_overhead_us']:.1f} | +{r['otel_ml_baseline_overhead_us']:.1f} "
+                         f"| +{r['otel_ml_unsampled_overhead_us']:.1f} |")
     return "\n".join(lines)
 
 
