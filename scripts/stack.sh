@@ -4,6 +4,10 @@
 #   app --OTLP--> agent (4317/4318) --OTLP--> gateway (4417/4418) --OTLP--> Jaeger (4517/4518, API 16686)
 #                                                                 --remote write--> Prometheus (9090)
 #                                                                 --file--> .stack/gateway/logs*.jsonl
+#                                                                 --OTLP (ML metrics, ML records)--> processor tier:
+#   processor-lb (4817/4818, collector-config/processor/processor-lb.yaml) --load_balancing by ml.model.name-->
+#     processor-a (4717/4718) and processor-b (4727/4728) (python -m otel_ml.processor, stores under .stack/)
+#     --OTLP derived ml.fleet.* metrics--> processor-lb (4819) --remote write--> Prometheus
 #
 # Usage:
 #   scripts/stack.sh start [COMPONENT...]    build what is missing, start (idempotent), wait for health
@@ -15,10 +19,12 @@
 #                                            start otelcol-ml with any config as component NAME
 #                                            (pid/log under .stack/), wait until it is ready
 #   scripts/stack.sh stop-collector NAME     same as `stop NAME`
-# COMPONENTS: prometheus jaeger gateway agent (started in that order, stopped in reverse).
+# COMPONENTS: prometheus jaeger processor-a processor-b processor-lb gateway agent (started in that
+# order, stopped in reverse: what sends stops first, so every queue drains into a running next hop).
 #
 # Files: .stack/bin/ (binaries), .stack/pids/NAME.pid, .stack/logs/NAME.log, .stack/prometheus/data,
-#        .stack/gateway/logs.jsonl and logs-business-unit.jsonl (log records written by the gateway).
+#        .stack/gateway/logs.jsonl and logs-business-unit.jsonl (log records written by the gateway),
+#        .stack/processor-a/processor.db, .stack/processor-b/processor.db (the processors' stores).
 #
 # Env knobs:
 #   OTEL_ML_AGENT_CONFIG       default collector-config/agent.yaml
@@ -27,7 +33,15 @@
 #   OTEL_ML_PROMETHEUS_CONFIG  default collector-config/prometheus/prometheus.yml
 #   OTEL_ML_PROM_LOOKBACK      default 2m (--query.lookback-delta)
 #   OTEL_ML_STACK_TIMEOUT      default 90 (seconds to wait for each component's health)
-#   OTEL_ML_STACK_COMPONENTS   default "prometheus jaeger gateway agent"
+#   OTEL_ML_STACK_COMPONENTS   default "prometheus jaeger processor-a processor-b processor-lb gateway agent"
+#   OTEL_ML_PROCESSOR_CONFIG   default collector-config/processor/processor.toml (both processors)
+#   OTEL_ML_PROCESSOR_LB_CONFIG  default collector-config/processor/processor-lb.yaml
+#   OTEL_ML_PYTHON             interpreter of the processors (default: PYTHON, else python3; needs
+#                              otel-ml with its processor extra installed)
+#   The processors run with OTEL_ML_PROCESSOR_INSTANCE_ID=processor-a|b (stable across restarts) and,
+#   unless set in the environment, OTEL_ML_PROCESSOR_EXPORT_INTERVAL=5s, _COMPUTE_INTERVAL=2s and
+#   _PERFORMANCE_INTERVAL=5s (fresh numbers in Prometheus within seconds; the file's defaults suit
+#   production). Every other OTEL_ML_PROCESSOR_* variable reaches both (docs/processor.md).
 #   OTEL_ML_SKIP_BUILD=1       do not call the build scripts (binaries must be in .stack/bin)
 #   OTEL_ML_CACHE              build cache (see scripts/build-collector.sh)
 #   Collector configs read more OTEL_ML_* variables: see their headers.
@@ -39,12 +53,14 @@ BIN="$STACK/bin"
 PIDS="$STACK/pids"
 LOGS="$STACK/logs"
 TIMEOUT="${OTEL_ML_STACK_TIMEOUT:-90}"
-ALL_COMPONENTS=(${OTEL_ML_STACK_COMPONENTS:-prometheus jaeger gateway agent})
+ALL_COMPONENTS=(${OTEL_ML_STACK_COMPONENTS:-prometheus jaeger processor-a processor-b processor-lb gateway agent})
 
 AGENT_CONFIG="${OTEL_ML_AGENT_CONFIG:-$ROOT/collector-config/agent.yaml}"
 GATEWAY_CONFIG="${OTEL_ML_GATEWAY_CONFIG:-$ROOT/collector-config/gateway.yaml}"
 JAEGER_CONFIG="${OTEL_ML_JAEGER_CONFIG:-$ROOT/collector-config/jaeger/jaeger.yaml}"
 PROMETHEUS_CONFIG="${OTEL_ML_PROMETHEUS_CONFIG:-$ROOT/collector-config/prometheus/prometheus.yml}"
+PROCESSOR_CONFIG="${OTEL_ML_PROCESSOR_CONFIG:-$ROOT/collector-config/processor/processor.toml}"
+PROCESSOR_LB_CONFIG="${OTEL_ML_PROCESSOR_LB_CONFIG:-$ROOT/collector-config/processor/processor-lb.yaml}"
 
 # Files written by the gateway's file exporters (absolute, so the cwd does not matter).
 export OTEL_ML_GATEWAY_LOGS_FILE="${OTEL_ML_GATEWAY_LOGS_FILE:-$STACK/gateway/logs.jsonl}"
@@ -55,12 +71,28 @@ die() { echo "[stack] ERROR: $*" >&2; exit 1; }
 
 mkdir -p "$BIN" "$PIDS" "$LOGS" "$STACK/gateway" "$STACK/prometheus/data"
 
+# The processors: OTLP gRPC / HTTP ports (HTTP also serves /health and /status) and their own stores.
+processor_ports() { # NAME -> "GRPC HTTP"
+  case "$1" in
+    processor-a) echo "4717 4718" ;;
+    processor-b) echo "4727 4728" ;;
+    *) return 1 ;;
+  esac
+}
+
+python_exe() { # the real interpreter (not a pyenv shim or wrapper script), so the pid checks match
+  local py="${OTEL_ML_PYTHON:-${PYTHON:-python3}}"
+  "$py" -c 'import sys; print(sys.executable)' 2>/dev/null || die "no Python interpreter '$py' (set OTEL_ML_PYTHON)"
+}
+
 health_url() {
   case "$1" in
     prometheus) echo "http://127.0.0.1:9090/-/ready" ;;
     jaeger) echo "http://127.0.0.1:16686/api/services" ;;
     gateway) echo "http://127.0.0.1:13134/" ;;
     agent) echo "http://127.0.0.1:13133/" ;;
+    processor-lb) echo "http://127.0.0.1:13137/" ;;
+    processor-a|processor-b) set -- $(processor_ports "$1"); echo "http://127.0.0.1:$2/health" ;;
     *) [[ -f "$PIDS/$1.health" ]] && cat "$PIDS/$1.health" || echo "" ;;
   esac
 }
@@ -95,7 +127,7 @@ ensure_built() {
   local need_collector=0 need_jaeger=0 need_prom=0 c
   for c in "$@"; do
     case "$c" in
-      agent|gateway) need_collector=1 ;;
+      agent|gateway|processor-lb) need_collector=1 ;;
       jaeger) need_jaeger=1 ;;
       prometheus) need_prom=1 ;;
     esac
@@ -122,6 +154,9 @@ command_for() { # NAME -> prints the command (one arg per line)
     jaeger) printf '%s\n' "$BIN/jaeger" "--config=$JAEGER_CONFIG" ;;
     gateway) printf '%s\n' "$BIN/otelcol-ml" "--config=$GATEWAY_CONFIG" ;;
     agent) printf '%s\n' "$BIN/otelcol-ml" "--config=$AGENT_CONFIG" ;;
+    processor-lb) printf '%s\n' "$BIN/otelcol-ml" "--config=$PROCESSOR_LB_CONFIG" ;;
+    processor-a|processor-b)
+      printf '%s\n' "$(python_exe)" -m otel_ml.processor --config "$PROCESSOR_CONFIG" ;;
     *) die "unknown component '$1' (use run-collector NAME CONFIG for others)" ;;
   esac
 }
@@ -178,9 +213,25 @@ launch() {
 }
 
 start_component() {
-  local name="$1" cmd
+  local name="$1" cmd ports
   mapfile -t cmd < <(command_for "$name")
-  launch "$name" "$(health_url "$name")" "" "${cmd[@]}"
+  [[ ${#cmd[@]} -gt 0 ]] || exit 1
+  if ports="$(processor_ports "$name")"; then
+    # in a subshell: the processor's variables stay out of the other components' environment
+    (
+      set -- $ports
+      mkdir -p "$STACK/$name"
+      export OTEL_ML_PROCESSOR_INSTANCE_ID="$name"
+      export OTEL_ML_PROCESSOR_GRPC_ENDPOINT="127.0.0.1:$1" OTEL_ML_PROCESSOR_HTTP_ENDPOINT="127.0.0.1:$2"
+      export OTEL_ML_PROCESSOR_STORE_PATH="$STACK/$name/processor.db"
+      export OTEL_ML_PROCESSOR_EXPORT_INTERVAL="${OTEL_ML_PROCESSOR_EXPORT_INTERVAL:-5s}"
+      export OTEL_ML_PROCESSOR_COMPUTE_INTERVAL="${OTEL_ML_PROCESSOR_COMPUTE_INTERVAL:-2s}"
+      export OTEL_ML_PROCESSOR_PERFORMANCE_INTERVAL="${OTEL_ML_PROCESSOR_PERFORMANCE_INTERVAL:-5s}"
+      launch "$name" "$(health_url "$name")" "" "${cmd[@]}"
+    ) || exit 1
+  else
+    launch "$name" "$(health_url "$name")" "" "${cmd[@]}"
+  fi
 }
 
 stop_component() {
@@ -230,7 +281,7 @@ case "$cmd" in
     comps=("$@"); [[ ${#comps[@]} -gt 0 ]] || comps=("${ALL_COMPONENTS[@]}")
     ensure_built "${comps[@]}"
     for c in "${comps[@]}"; do start_component "$c"; done
-    log "stack is up: OTLP 127.0.0.1:4317 (gRPC) / 4318 (HTTP); Jaeger API http://127.0.0.1:16686; Prometheus http://127.0.0.1:9090"
+    log "stack is up: OTLP 127.0.0.1:4317 (gRPC) / 4318 (HTTP); Jaeger API http://127.0.0.1:16686; Prometheus http://127.0.0.1:9090; processors http://127.0.0.1:4718/status, :4728/status"
     ;;
   stop)
     if [[ $# -gt 0 ]]; then comps=("$@"); else mapfile -t comps < <(known_names | tac); fi

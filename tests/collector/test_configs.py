@@ -125,13 +125,17 @@ def test_config_secrets_only_from_env(config):
 def test_config_starts(otelcol, config, tmp_path):
     """The collector builds every component of the config and reports ready on free ports."""
     env = {**os.environ, **DUMMY_ENV}
-    for prefix in ("OTEL_ML_AGENT", "OTEL_ML_GATEWAY", "OTEL_ML_LB"):
+    # free ports: the running stack (scripts/stack.sh) holds the defaults, the processor tier's included
+    for prefix in ("OTEL_ML_AGENT", "OTEL_ML_GATEWAY", "OTEL_ML_LB", "OTEL_ML_PROCESSOR_LB"):
         env[f"{prefix}_GRPC_ENDPOINT"] = f"127.0.0.1:{_free_port()}"
         env[f"{prefix}_HTTP_ENDPOINT"] = f"127.0.0.1:{_free_port()}"
         env[f"{prefix}_HEALTH_ENDPOINT"] = f"127.0.0.1:{_free_port()}"
         env[f"{prefix}_TELEMETRY_PORT"] = str(_free_port())
+    env["OTEL_ML_PROCESSOR_LB_DERIVED_ENDPOINT"] = f"127.0.0.1:{_free_port()}"
     closed = "127.0.0.1:1"
     env.update(
+        OTEL_ML_PROCESSOR_TIER_ENDPOINT=closed,
+        OTEL_ML_PROCESSORS=f"[{closed}]",
         OTEL_ML_GATEWAY_ENDPOINT=closed,
         OTEL_ML_JAEGER_OTLP_ENDPOINT=closed,
         OTEL_ML_ROUTED_TRACES_ENDPOINT=closed,
