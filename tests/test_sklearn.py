@@ -315,3 +315,15 @@ def test_error_text_quoting_inputs_stays_in_the_process(make):
     with pytest.raises(ValueError):
         encoder.transform(bad)
     assert "secret-segment-42" in inst.roots()[-1].status.description
+
+
+def test_prediction_records_need_no_flask(make):
+    from otel_ml.outcomes import tracker
+
+    plain = make()
+    assert plain.telemetry.listeners == []  # nothing kept per prediction unless asked for
+    plain.instrumentor.uninstrument()
+    inst = make(prediction_records_rate=1.0)
+    assert inst.telemetry is not plain.telemetry
+    (listener,) = inst.telemetry.listeners
+    assert listener == tracker(inst.telemetry).on_observation

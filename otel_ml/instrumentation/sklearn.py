@@ -235,12 +235,19 @@ class SklearnInstrumentor(BaseInstrumentor):
                                         if self._patcher is patcher else None, "pickle")
         wrapt.register_post_import_hook(lambda module: patcher.patch_loader(module, "load")
                                         if self._patcher is patcher else None, "joblib")
+        if config.prediction_records_rate > 0:  # records are emitted by the outcome tracker's listener
+            from otel_ml.outcomes import tracker
+
+            tracker(telemetry)
         _register_shutdown(telemetry)
 
     def _uninstrument(self, **kwargs: Any) -> None:
         if self._patcher is not None:
             self._patcher.unpatch()
         if self.telemetry is not None:
+            from otel_ml.outcomes import detach
+
+            detach(self.telemetry)
             self.telemetry.shutdown()
         self._patcher = None
         self.telemetry = None
