@@ -321,9 +321,10 @@ def test_prediction_records_need_no_flask(make):
     from otel_ml.outcomes import tracker
 
     plain = make()
-    assert plain.telemetry.listeners == []  # nothing kept per prediction unless asked for
+    first = plain.telemetry
+    assert first.listeners == []  # nothing kept per prediction unless asked for
     plain.instrumentor.uninstrument()
     inst = make(prediction_records_rate=1.0)
-    assert inst.telemetry is not plain.telemetry
+    assert inst.telemetry is not first
     (listener,) = inst.telemetry.listeners
     assert listener == tracker(inst.telemetry).on_observation
