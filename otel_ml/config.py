@@ -126,7 +126,7 @@ VARIABLES: tuple[Variable, ...] = (
              "Most features named in span arrays and metric attributes; the rest are counted, not named."),
     Variable("OTEL_ML_MAX_CLASSES", "max_classes", 32, _int_at_least(1),
              "Most class labels used as metric attribute values; further labels are reported as 'other'."),
-    Variable("OTEL_ML_SUMMARY_MAX_ROWS", "summary_max_rows", 2000, _int_at_least(10),
+    Variable("OTEL_ML_SUMMARY_MAX_ROWS", "summary_max_rows", 1000, _int_at_least(10),
              "Batches larger than this are summarised (means, bins, validation) on an evenly spaced sample "
              "of this many rows; row counts, class counts and scores stay exact."),
     Variable("OTEL_ML_CAPTURE_RAW", "capture_raw", False, _bool,

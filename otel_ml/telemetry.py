@@ -316,9 +316,10 @@ class Telemetry:
         kept = table.numeric_index[: config.max_features]
         numeric = table.numeric[:, : len(kept)]
         rows = numeric.shape[0]
-        if rows and np.isfinite(numeric.sum()):  # the common case: nothing missing, plain reductions
+        if rows and np.isfinite(numeric.sum()):  # the common case: nothing missing, one pass of sums
             count = np.full(len(kept), rows)
-            mean, std = numeric.mean(axis=0), numeric.std(axis=0)
+            mean = numeric.sum(axis=0) / rows
+            std = np.sqrt(np.maximum(np.einsum("ij,ij->j", numeric, numeric) / rows - mean * mean, 0.0))
             lo, hi = (numeric.min(axis=0), numeric.max(axis=0)) if config.capture_raw else (None, None)
         else:
             finite = np.isfinite(numeric)
@@ -413,6 +414,18 @@ def _training_scores(model: Any, inputs: Any) -> Any:
         return None
 
 
+def _quantiles(values: np.ndarray) -> tuple[float, float]:
+    """Median and 90th percentile by nearest rank (a partition, not a sort: np.percentile costs ~50 µs).
+
+    >>> _quantiles(np.arange(1.0, 11.0))
+    (5.0, 9.0)
+    """
+    n = values.size
+    k50, k90 = (n - 1) // 2, min(n - 1, int(np.ceil(0.9 * n)) - 1)
+    part = np.partition(values, (k50, k90))
+    return float(part[k50]), float(part[k90])
+
+
 def _finite_list(values: np.ndarray) -> list[float]:
     """Floats for an attribute array, with NaN and infinities (which OTLP JSON cannot carry) as 0."""
     values = values.astype(np.float64, copy=False)
@@ -446,8 +459,7 @@ def _prediction_attributes(predictions: Any, n_rows: int, max_classes: int) -> d
     if scores is not None and len(scores):
         finite = scores[np.isfinite(scores)]
         if finite.size:
-            sample = finite[:: max(1, finite.size // QUANTILE_SAMPLE)]  # quantiles of very large batches
-            p50, p90 = np.percentile(sample, (50, 90))
+            p50, p90 = _quantiles(finite[:: max(1, finite.size // QUANTILE_SAMPLE)])  # sampled beyond 1000
             attributes.update({
                 semconv.PREDICTION_SCORE_MEAN: float(finite.mean()),
                 semconv.PREDICTION_SCORE_MIN: float(finite.min()),
