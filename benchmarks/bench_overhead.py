@@ -180,7 +180,8 @@ def _report(results) -> dict:
 
 
 def _markdown(report: dict) -> str:
-    lines = ["Wall clock (median µs per call; overhead over plain, and as a multiple of the bare span's):", "","| model | rows | plain µs | bare span +µs | otel-ml +µs (x bare) | with baseline +µs (x bare) "
+    lines = ["Wall clock (median µs per call; overhead over plain, and as a multiple of the bare span's):", "",
+             "| model | rows | plain µs | bare span +µs | otel-ml +µs (x bare) | with baseline +µs (x bare) "
              "| unsampled +µs | otel-ml % of plain |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for model, by_batch in report["models"].items():
         for n, r in by_batch.items():

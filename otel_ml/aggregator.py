@@ -5,8 +5,9 @@ The request thread appends each :class:`~otel_ml.observation.Observation` to a b
 have queued up, and the metric export drains it before collecting, so an export never misses a
 finished call. The thread sleeps until woken: a thread that wakes on a timer, however idle, makes
 every GIL hand-off of a model that releases the GIL often (a random forest releases it once per
-tree) measurably slower: about 2 ms per 100-tree forest call here. When the queue is full the observation is dropped and counted in
-``ml.observations.dropped``: memory stays bounded whatever the traffic.
+tree) measurably slower: about 2 ms per 100-tree forest call here. When the queue is full the
+observation is dropped and counted in ``ml.observations.dropped``: memory stays bounded whatever the
+traffic.
 
 Counts are exact: rows, errors, predicted classes, prediction-score buckets, missing values and
 per-feature bin counts are computed over every row of every call. Only the per-feature summaries on

@@ -416,7 +416,8 @@ def test_log_records_reach_gateway_file(stack):
     deadline = time.monotonic() + 60
     result: list = []
     while time.monotonic() < deadline:
-        result = requests.get(f"{PROMETHEUS_API}/api/v1/query", params={"query": query}, timeout=5).json()["data"]["result"]
+        response = requests.get(f"{PROMETHEUS_API}/api/v1/query", params={"query": query}, timeout=5)
+        result = response.json()["data"]["result"]
         if result and float(result[0]["value"][1]) >= 1:
             break
         time.sleep(2)
