@@ -26,6 +26,7 @@ from pathlib import Path
 
 import pandas as pd
 from flask import Flask, jsonify, request
+from train import CATEGORICAL, FEATURES, NUMERIC  # the columns the model was trained on (train.py, beside this file)
 
 from otel_ml.instrumentation.flask import register_feedback
 
@@ -34,17 +35,6 @@ MODEL_PATH = Path(os.environ.get("MODEL_PATH", HERE / "credit_risk.pkl"))
 THRESHOLD = float(os.environ.get("DECISION_THRESHOLD", "0.5"))
 MAX_BATCH = 100
 
-NUMERIC = [
-    "duration_in_month", "credit_amount", "installment_rate_in_percentage_of_disposable_income",
-    "present_residence_since", "age_in_years", "number_of_existing_credits_at_this_bank",
-    "number_of_people_being_liable_to_provide_maintenance_for",
-]  # fmt: skip
-CATEGORICAL = [
-    "status_of_existing_checking_account", "credit_history", "purpose", "savings_account_and_bonds",
-    "present_employment_since", "personal_status_and_sex", "other_debtors_or_guarantors", "property",
-    "other_installment_plans", "housing", "job", "telephone", "foreign_worker",
-]  # fmt: skip
-FEATURES = NUMERIC + CATEGORICAL
 
 with open(MODEL_PATH, "rb") as fh:
     model = pickle.load(fh)  # under otel-ml: ml.model.name=credit_risk, ml.model.id=<file hash>
