@@ -1,10 +1,10 @@
 """Per-call overhead of otel-ml against a plain call and a bare OpenTelemetry span, side by side.
 
-    python benchmarks/bench_overhead.py [--rounds 7] [--json benchmarks/results/overhead.json]
+    python benchmarks/bench_overhead.py [--rounds 15] [--block-ms 150] [--json benchmarks/results/overhead.json]
 
 Models: LogisticRegression and RandomForestClassifier(100) fitted on scikit-learn's bundled
 breast-cancer data; ``predict_proba`` on batches of 1, 100 and 10,000 rows (rows drawn with
-replacement). Variants, interleaved round by round in one process:
+replacement). Variants:
 
 - ``plain``: the model call alone;
 - ``bare_span``: ``tracer.start_as_current_span`` around the call: the floor any span-based
@@ -17,9 +17,16 @@ replacement). Variants, interleaved round by round in one process:
   whose trace was not sampled upstream (parent-based sampling, the SDK's default), as in a service
   whose HTTP server span made the decision.
 
+How it is paired: this machine's vCPUs slow down by up to 60 % for stretches of a second or more
+(another tenant; a plain forest call swings between 5.1 and 8.5 ms with nothing else running). So
+each (model, batch) cell runs ``--rounds`` rounds; in a round every variant runs one short block of
+calls (about ``--block-ms``), in an order rotated from round to round, and otel-ml is instrumented and
+uninstrumented around its blocks. A variant's overhead is the median over rounds of (its median call
+time in the round - plain's median call time in the same round). CPU time is the process's (every
+thread: otel-ml's aggregator and exporter too) per call, paired the same way.
+
 Spans go through a ``BatchSpanProcessor`` to an exporter that discards them, the same for every
-variant; metrics are exported by otel-ml's export loop to an exporter that discards them. Each
-figure is the median over rounds of the median per-call time within a round.
+variant; metrics are exported by otel-ml's export loop (every 5 s) to an exporter that discards them.
 """
 
 from __future__ import annotations
@@ -44,10 +51,12 @@ from sklearn.ensemble import RandomForestClassifier
 from sklearn.linear_model import LogisticRegression
 
 from otel_ml import config
+from otel_ml.baseline import Baseline
 from otel_ml.instrumentation.sklearn import SklearnInstrumentor
 
 BATCHES = (1, 100, 10_000)
-CALLS = {1: 3000, 100: 600, 10_000: 20}  # per round and variant; the forest's big batch gets fewer
+VARIANTS = ("plain", "bare_span", "otel_ml", "otel_ml_baseline", "otel_ml_unsampled")
+INSTRUMENTED = ("otel_ml", "otel_ml_baseline", "otel_ml_unsampled")
 
 
 class DiscardSpans(SpanExporter):
@@ -66,8 +75,8 @@ def _provider(sampler) -> TracerProvider:
     return provider
 
 
-def _time_calls(fn, X, calls: int) -> tuple[float, float]:
-    """(median wall-clock µs per call, process CPU µs per call: every thread, so otel-ml's aggregator too)."""
+def _time_block(fn, X, calls: int) -> tuple[float, float]:
+    """(median wall-clock µs per call, process CPU µs per call over the block)."""
     times = np.empty(calls)
     cpu = time.process_time_ns()
     for i in range(calls):
@@ -78,64 +87,84 @@ def _time_calls(fn, X, calls: int) -> tuple[float, float]:
     return float(np.median(times)) / 1000.0, cpu / calls / 1000.0
 
 
-def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=7)
-    parser.add_argument("--json", type=Path, default=Path(__file__).parent / "results" / "overhead.json")
-    parser.add_argument("--quick", action="store_true", help="fewer calls (smoke run)")
-    args = parser.parse_args(argv)
+class Bench:
+    def __init__(self, block_seconds: float) -> None:
+        X, y = load_breast_cancer(return_X_y=True)
+        rng = np.random.default_rng(0)
+        self.batches = {n: X[rng.integers(0, len(X), size=n)] for n in BATCHES}
+        self.models = {
+            "LogisticRegression": LogisticRegression(max_iter=5000).fit(X, y),
+            "RandomForestClassifier(100)": RandomForestClassifier(n_estimators=100, random_state=0).fit(X, y),
+        }
+        self.baseline = Baseline().fit(X)
+        self.sampled, self.unsampled = _provider(ALWAYS_ON), _provider(ParentBased(ALWAYS_ON))
+        self.unsampled_parent = trace.set_span_in_context(NonRecordingSpan(SpanContext(
+            trace_id=0x5B8EFFF798038103D269B633813FC60C, span_id=0xEEE19B7EC3C1B174, is_remote=True,
+            trace_flags=TraceFlags(TraceFlags.DEFAULT))))
+        self.tracer = self.sampled.get_tracer("bench")
+        self.instrumentor = SklearnInstrumentor()
+        self.config = config.load({})
+        self.block_seconds = block_seconds
 
-    X, y = load_breast_cancer(return_X_y=True)
-    rng = np.random.default_rng(0)
-    batches = {n: X[rng.integers(0, len(X), size=n)] for n in BATCHES}
-    models = {
-        "LogisticRegression": LogisticRegression(max_iter=5000).fit(X, y),
-        "RandomForestClassifier(100)": RandomForestClassifier(n_estimators=100, random_state=0).fit(X, y),
-    }
-    baseline = _baseline(X, models)
-    sampled, unsampled = _provider(ALWAYS_ON), _provider(ParentBased(ALWAYS_ON))
-    unsampled_parent = trace.set_span_in_context(NonRecordingSpan(SpanContext(
-        trace_id=0x5B8EFFF798038103D269B633813FC60C, span_id=0xEEE19B7EC3C1B174, is_remote=True,
-        trace_flags=TraceFlags(TraceFlags.DEFAULT))))
-    tracer = sampled.get_tracer("bench")
-    instrumentor = SklearnInstrumentor()
-    cfg = config.load({})
+    def block(self, variant: str, model, X, calls: int) -> tuple[float, float]:
+        """One block of ``calls`` calls of ``variant``, instrumented around it when it is otel-ml's."""
+        if variant in INSTRUMENTED:
+            self.instrumentor.instrument(
+                tracer_provider=self.unsampled if variant == "otel_ml_unsampled" else self.sampled,
+                metric_exporter=DiscardMetrics(), config=self.config, export_interval=5)
+            if variant == "otel_ml_baseline":
+                telemetry = self.instrumentor.telemetry
+                telemetry.aggregator.use_baseline(telemetry.states.get(model), self.baseline)
+        token = context.attach(self.unsampled_parent) if variant == "otel_ml_unsampled" else None
+        try:
+            if variant == "bare_span":
+                tracer = self.tracer
 
-    def bare(model):
-        def call(batch):
-            with tracer.start_as_current_span("predict_proba"):
-                return model.predict_proba(batch)
-        return call
-
-    variants = ("plain", "bare_span", "otel_ml", "otel_ml_baseline", "otel_ml_unsampled")
-    results: dict[str, dict[int, dict[str, list[tuple[float, float]]]]] = {
-        m: {n: {v: [] for v in variants} for n in BATCHES} for m in models}
-    rounds = 2 if args.quick else args.rounds
-    for _ in range(rounds):
-        for variant in variants:
-            if variant.startswith("otel_ml"):
-                instrumentor.instrument(tracer_provider=unsampled if variant.endswith("unsampled") else sampled,
-                                        metric_exporter=DiscardMetrics(), config=cfg, export_interval=5)
-                if variant == "otel_ml_baseline":
-                    for model in models.values():
-                        _attach(instrumentor, model, baseline)
-            token = context.attach(unsampled_parent) if variant == "otel_ml_unsampled" else None
-            for name, model in models.items():
-                fn = bare(model) if variant == "bare_span" else model.predict_proba
-                for n in BATCHES:
-                    calls = CALLS[n] // (10 if args.quick else 1)
-                    if name.startswith("Random") and n == 1:
-                        calls //= 3
-                    fn(batches[n])  # warm
-                    results[name][n][variant].append(_time_calls(fn, batches[n], max(calls, 5)))
+                def fn(batch):
+                    with tracer.start_as_current_span("predict_proba"):
+                        return model.predict_proba(batch)
+            else:
+                fn = model.predict_proba
+            for _ in range(3):
+                fn(X)  # warm: the model's state, the span processor, caches
+            return _time_block(fn, X, calls)
+        finally:
             if token is not None:
                 context.detach(token)
-            if variant.startswith("otel_ml"):
-                instrumentor.uninstrument()
+            if variant in INSTRUMENTED:
+                self.instrumentor.uninstrument()
+
+    def cell(self, name: str, n: int, rounds: int) -> dict[str, list[tuple[float, float]]]:
+        model, X = self.models[name], self.batches[n]
+        model.predict_proba(X)
+        start = time.perf_counter()
+        for _ in range(5):
+            model.predict_proba(X)
+        per_call = (time.perf_counter() - start) / 5
+        calls = max(7, int(self.block_seconds / per_call))
+        results: dict[str, list[tuple[float, float]]] = {v: [] for v in VARIANTS}
+        for r in range(rounds):
+            k = r % len(VARIANTS)
+            for variant in VARIANTS[k:] + VARIANTS[:k]:
+                results[variant].append(self.block(variant, model, X, calls))
+        return results
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=15)
+    parser.add_argument("--block-ms", type=float, default=150.0, help="length of one variant's block of calls")
+    parser.add_argument("--json", type=Path, default=Path(__file__).parent / "results" / "overhead.json")
+    parser.add_argument("--quick", action="store_true", help="3 rounds of short blocks (smoke run)")
+    args = parser.parse_args(argv)
+    rounds = 3 if args.quick else args.rounds
+    bench = Bench((20.0 if args.quick else args.block_ms) / 1000.0)
+    results = {name: {n: bench.cell(name, n, rounds) for n in BATCHES} for name in bench.models}
     report = _report(results)
     report["environment"] = {
         "python": platform.python_version(), "sklearn": sklearn.__version__, "numpy": np.__version__,
-        "machine": platform.machine(), "rounds": rounds,
+        "machine": platform.machine(), "rounds": rounds, "block_ms": args.block_ms,
+        "date": time.strftime("%Y-%m-%d %H:%M"),
     }
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(report, indent=2))
@@ -143,45 +172,36 @@ def main(argv: list[str] | None = None) -> dict:
     return report
 
 
-def _baseline(X, models):
-    from otel_ml.baseline import Baseline
-
-    return Baseline().fit(X)
-
-
-def _attach(instrumentor, model, baseline) -> None:
-    telemetry = instrumentor.telemetry
-    state = telemetry.states.get(model)
-    telemetry.aggregator.use_baseline(state, baseline)
+def _paired(by_variant: dict[str, list[tuple[float, float]]], variant: str, which: int) -> float:
+    """Median over rounds of (variant - plain) within each round; ``which`` 0 = wall, 1 = CPU."""
+    return statistics.median(v[which] - p[which] for v, p in zip(by_variant[variant], by_variant["plain"]))
 
 
 def _report(results) -> dict:
-    out: dict = {"unit": "microseconds per call: wall = median over rounds of the per-round median; "
-                         "cpu = median over rounds of process CPU time per call", "models": {}, "cpu": {}}
+    out: dict = {"unit": "microseconds per call; overhead = median over rounds of (variant - plain) in the round; "
+                         "wall = median call time in a block, cpu = process CPU time per call in a block",
+                 "models": {}}
     for model, by_batch in results.items():
         out["models"][model] = {}
-        out["cpu"][model] = {}
         for n, by_variant in by_batch.items():
-            cpu = {v: statistics.median(c for _, c in times) for v, times in by_variant.items()}
-            out["cpu"][model][str(n)] = {f"{v}_us": round(t, 2) for v, t in cpu.items()} | {
-                f"{v}_overhead_us": round(cpu[v] - cpu["plain"], 2) for v in by_variant if v != "plain"}
-            med = {v: statistics.median(w for w, _ in times) for v, times in by_variant.items()}
-            plain = med["plain"]
-            row = {f"{v}_us": round(t, 2) for v, t in med.items()}
-            bare_overhead = med["bare_span"] - plain
-            row["bare_span_overhead_us"] = round(bare_overhead, 2)
-            for v in ("otel_ml", "otel_ml_baseline", "otel_ml_unsampled"):
-                overhead = med[v] - plain
-                row[f"{v}_overhead_us"] = round(overhead, 2)
-                row[f"{v}_overhead_pct_of_plain"] = round(100 * overhead / plain, 2)
-                row[f"{v}_overhead_vs_bare_span"] = round(overhead / bare_overhead, 2) if bare_overhead > 0 else None
+            plain = statistics.median(w for w, _ in by_variant["plain"])
+            row: dict = {"plain_us": round(plain, 2),
+                         "plain_cpu_us": round(statistics.median(c for _, c in by_variant["plain"]), 2)}
+            bare = _paired(by_variant, "bare_span", 0)
+            for variant in VARIANTS[1:]:
+                wall, cpu = _paired(by_variant, variant, 0), _paired(by_variant, variant, 1)
+                row[f"{variant}_overhead_us"] = round(wall, 2)
+                row[f"{variant}_cpu_overhead_us"] = round(cpu, 2)
+                row[f"{variant}_overhead_pct_of_plain"] = round(100 * wall / plain, 2)
+                if variant != "bare_span":
+                    row[f"{variant}_overhead_vs_bare_span"] = round(wall / bare, 2) if bare > 0 else None
             out["models"][model][str(n)] = row
     return out
 
 
 def _markdown(report: dict) -> str:
-    lines = ["Wall clock (median µs per call; overhead over plain, and as a multiple of the bare span's):", "",
-             "| model | rows | plain µs | bare span +µs | otel-ml +µs (x bare) | with baseline +µs (x bare) "
+    lines = ["Wall clock (µs per call; overhead over plain, paired by round, and as a multiple of the bare span's):",
+             "", "| model | rows | plain µs | bare span +µs | otel-ml +µs (x bare) | with baseline +µs (x bare) "
              "| unsampled +µs | otel-ml % of plain |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for model, by_batch in report["models"].items():
         for n, r in by_batch.items():
@@ -190,14 +210,14 @@ def _markdown(report: dict) -> str:
                 f"| {r['otel_ml_overhead_us']:.1f} ({r['otel_ml_overhead_vs_bare_span']}) "
                 f"| {r['otel_ml_baseline_overhead_us']:.1f} ({r['otel_ml_baseline_overhead_vs_bare_span']}) "
                 f"| {r['otel_ml_unsampled_overhead_us']:.1f} | {r['otel_ml_overhead_pct_of_plain']:.1f} |")
-    lines += ["", "Process CPU time (µs per call, all threads; overhead over plain):", "",
+    lines += ["", "Process CPU time (µs per call, all threads; overhead over plain, paired by round):", "",
               "| model | rows | plain | bare span | otel-ml | with baseline | unsampled |",
               "|---|---:|---:|---:|---:|---:|---:|"]
-    for model, by_batch in report["cpu"].items():
+    for model, by_batch in report["models"].items():
         for n, r in by_batch.items():
-            lines.append(f"| {model} | {n} | {r['plain_us']:.1f} | +{r['bare_span_overhead_us']:.1f} "
-                         f"| +{r['otel_ml_overhead_us']:.1f} | +{r['otel_ml_baseline_overhead_us']:.1f} "
-                         f"| +{r['otel_ml_unsampled_overhead_us']:.1f} |")
+            lines.append(f"| {model} | {n} | {r['plain_cpu_us']:.1f} | {r['bare_span_cpu_overhead_us']:+.1f} "
+                         f"| {r['otel_ml_cpu_overhead_us']:+.1f} | {r['otel_ml_baseline_cpu_overhead_us']:+.1f} "
+                         f"| {r['otel_ml_unsampled_cpu_overhead_us']:+.1f} |")
     return "\n".join(lines)
 
 
