@@ -9,9 +9,9 @@ tree) measurably slower: about 2 ms per 100-tree forest call here. When the queu
 observation is dropped and counted in ``ml.observations.dropped``: memory stays bounded whatever the
 traffic.
 
-Counts are exact: rows, errors, predicted classes, prediction-score buckets, missing values and
-per-feature bin counts are computed over every row of every call. Only the per-feature summaries on
-spans of very large batches use a sample (see ``OTEL_ML_SUMMARY_MAX_ROWS``).
+Counts are exact: rows, errors, predicted classes, prediction-score buckets and missing values are
+computed over every row of every call. Batches larger than ``OTEL_ML_SUMMARY_MAX_ROWS`` are validated,
+binned for drift and summarised on spans from an evenly spaced sample of that many rows.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from otel_ml import frame, semconv
 from otel_ml.config import Config
 from otel_ml.metrics import MetricStore
 from otel_ml.model_state import BASELINE_ATTRIBUTE, ModelState
-from otel_ml.observation import PREDICTING_OPERATIONS, Observation
+from otel_ml.observation import PREDICTING_OPERATIONS, Observation, Predictions, read_predictions
 
 _log = logging.getLogger("otel_ml")
 
@@ -170,7 +170,7 @@ class Aggregator:
 
     def _count_predictions(self, state: ModelState, observations: list[Observation], op_key: tuple) -> Any:
         """Score histogram and label counts of the group; returns the scores (for prediction drift)."""
-        predictions = [p for p in (o.read_predictions() for o in observations) if p is not None]
+        predictions = _group_predictions(state, observations)
         if not predictions:
             return None
         scored = [p.scores for p in predictions if p.scores is not None]
@@ -196,10 +196,10 @@ class Aggregator:
         tables = _group_tables(observations)
         if not tables:
             return
-        missing = tables[0].missing_counts()
+        missing = tables[0].missing_counts_all_rows()
         for table in tables[1:]:
             if table.n_features == len(missing):
-                missing = missing + table.missing_counts()
+                missing = missing + table.missing_counts_all_rows()
         if missing.any():
             cap = self.config.max_features
             keys = [state.metric_key + ((semconv.FEATURE_NAME, n if j < cap else OTHER),)
@@ -309,6 +309,30 @@ class Aggregator:
 
 
 STACK_LIMIT = 2000  # rows: small numeric array inputs of one group are stacked into one table up to this
+
+
+def _group_predictions(state: ModelState, observations: list[Observation]) -> list[Predictions]:
+    """Predictions of a group's outputs: those already read on the request path as they are; small array
+    outputs of one shape and dtype concatenated and read at once (a stream of single-row calls costs one
+    numpy pass instead of a dozen numpy calls each)."""
+    found: list[Predictions] = []
+    stack: list[np.ndarray] = []
+    for obs in observations:
+        out = obs.output
+        if (obs._predictions is None and isinstance(out, np.ndarray) and 0 < out.ndim <= 2
+                and out.shape[0] <= STACK_LIMIT
+                and (not stack or (out.shape[1:] == stack[0].shape[1:] and out.dtype == stack[0].dtype))):
+            stack.append(out)
+            continue
+        predictions = obs.read_predictions()
+        if predictions is not None:
+            found.append(predictions)
+    if stack:
+        outputs = np.concatenate(stack) if len(stack) > 1 else stack[0]
+        predictions = read_predictions(observations[0].operation, outputs, state.class_labels, state.is_classifier)
+        if predictions is not None:
+            found.append(predictions)
+    return found
 
 
 def _group_tables(observations: list[Observation]) -> list[frame.Table]:

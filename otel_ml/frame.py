@@ -14,6 +14,7 @@ sample (deterministic, so two calls with the same batch agree) and says so in ``
 
 from __future__ import annotations
 
+import functools
 import sys
 from dataclasses import dataclass, field
 from typing import Any
@@ -37,6 +38,7 @@ class Table:
     numeric_index: list[int]
     categorical: dict[int, np.ndarray] = field(default_factory=dict)  # feature index -> object array
     sampled: bool = False  # True when only some rows were kept
+    source: Any = field(default=None, repr=False)  # the whole input, when only some rows were kept
 
     @property
     def rows_kept(self) -> int:
@@ -53,19 +55,32 @@ class Table:
             out[j] = sum(1 for v in column if _is_missing(v))
         return out
 
+    def missing_counts_all_rows(self) -> np.ndarray:
+        """:meth:`missing_counts` over every row of the input, also when the table kept a sample."""
+        if not self.sampled or self.source is None:
+            return self.missing_counts()
+        return as_table(self.source, self.names).missing_counts()
+
 
 def _is_missing(value: Any) -> bool:
     return value is None or (isinstance(value, float) and value != value)
 
 
+@functools.lru_cache(maxsize=64)
 def _default_names(n: int) -> list[str]:
+    """``x0 .. x{n-1}``, one shared list per width (a Table's names are never modified)."""
     return [f"x{i}" for i in range(n)]
 
 
-def _sample_positions(n_rows: int, max_rows: int | None) -> np.ndarray | None:
+def _sample_positions(n_rows: int, max_rows: int | None) -> slice | None:
+    """Every k-th row, k the smallest step that keeps at most ``max_rows``: a view of an array, not a copy.
+
+    >>> _sample_positions(10_000, 1000), _sample_positions(1500, 1000), _sample_positions(10, 1000)
+    (slice(None, None, 10), slice(None, None, 2), None)
+    """
     if max_rows is None or n_rows <= max_rows:
         return None
-    return np.linspace(0, n_rows - 1, num=max_rows).astype(np.intp)
+    return slice(None, None, -(-n_rows // max_rows))
 
 
 def as_table(X: Any, feature_names: list[str] | None = None, max_rows: int | None = None) -> Table:
@@ -92,7 +107,7 @@ def _from_array(a: np.ndarray, names: list[str] | None, max_rows: int | None) ->
         numeric = kept.astype(np.float64, copy=False)
         kind = KIND_BOOLEAN if kept.dtype.kind == "b" else KIND_NUMERIC
         return Table(n_rows, n_features, names, [kind] * n_features, numeric, list(range(n_features)),
-                     sampled=positions is not None)
+                     sampled=positions is not None, source=None if positions is None else a)
     # object or string arrays: each column numeric if every non-missing value converts
     numeric_cols, numeric_index, categorical, kinds = [], [], {}, []
     for j in range(n_features):
@@ -107,7 +122,7 @@ def _from_array(a: np.ndarray, names: list[str] | None, max_rows: int | None) ->
             kinds.append(KIND_CATEGORICAL)
     numeric = np.column_stack(numeric_cols) if numeric_cols else np.empty((len(kept), 0))
     return Table(n_rows, n_features, names, kinds, numeric, numeric_index, categorical,
-                 sampled=positions is not None)
+                 sampled=positions is not None, source=None if positions is None else a)
 
 
 def _to_float(column: np.ndarray) -> np.ndarray | None:
@@ -176,7 +191,7 @@ def _from_dataframe(df: Any, names: list[str] | None, max_rows: int | None) -> T
         for k, j in enumerate(categorical_index):
             categorical[j] = block[:, k]
     return Table(n_rows, n_features, names, list(kinds), numeric, list(numeric_index), categorical,
-                 sampled=positions is not None)
+                 sampled=positions is not None, source=None if positions is None else df)
 
 
 def _pd_missing(value: Any) -> bool:
@@ -196,7 +211,7 @@ def _from_sparse(m: Any, names: list[str] | None, max_rows: int | None) -> Table
     kept = csr if positions is None else csr[positions]
     numeric = kept.toarray().astype(np.float64, copy=False)
     return Table(n_rows, n_features, names, [KIND_NUMERIC] * n_features, numeric, list(range(n_features)),
-                 sampled=positions is not None)
+                 sampled=positions is not None, source=None if positions is None else m)
 
 
 def n_rows_of(X: Any) -> int:

@@ -21,6 +21,7 @@ probability; ``ml.prediction.confidence.min`` is its lowest value in the call.
 
 from __future__ import annotations
 
+import math
 import random
 from typing import Any
 
@@ -59,8 +60,12 @@ class Predictions:
     def label_counts(self) -> tuple[list[str], list[int]]:
         """(labels, counts) over the rows, without sorting strings when class indices are known."""
         if self._top is not None and self._classes is not None:
-            counts = np.bincount(self._top, minlength=len(self._classes))
-            return [c for c, n in zip(self._classes, counts) if n], [int(n) for n in counts if n]
+            if len(self._classes) == 2:  # binary: counting the positives beats a bincount
+                positives = int(np.count_nonzero(self._top))
+                counts = [len(self._top) - positives, positives]
+            else:
+                counts = np.bincount(self._top, minlength=len(self._classes)).tolist()
+            return [c for c, n in zip(self._classes, counts) if n], [n for n in counts if n]
         labels = self._labels
         if labels is None or not len(labels):
             return [], []
@@ -72,11 +77,11 @@ class Observation:
     """One outermost model call."""
 
     __slots__ = ("model", "operation", "inputs", "output", "duration", "n_rows", "error_type", "validation",
-                 "_span_context", "_prediction_id", "_predictions", "_table", "_table_max_rows")
+                 "_span_context", "_trace_id", "_prediction_id", "_predictions", "_table", "_table_max_rows")
 
     def __init__(self, model: Any, operation: str, inputs: Any, output: Any, duration: float, n_rows: int,
                  error_type: str | None, span_context: Any = None, validation: Any = None,
-                 table: frame.Table | None = None, table_max_rows: int | None = None) -> None:
+                 table: frame.Table | None = None, table_max_rows: int | None = None, trace_id: int = 0) -> None:
         self.model = model  # the ModelState of the estimator (otel_ml.model_state)
         self.operation = operation
         self.inputs = inputs  # X as the caller passed it (not copied)
@@ -85,7 +90,8 @@ class Observation:
         self.n_rows = n_rows
         self.error_type = error_type
         self.validation = validation  # ValidationResult when a baseline was checked
-        self._span_context = span_context
+        self._span_context = span_context  # of the call's own span
+        self._trace_id = trace_id  # of the unsampled trace the call ran in, when it got no span
         self._prediction_id: str | None = None
         self._predictions: Predictions | None = None
         self._table = table
@@ -93,13 +99,17 @@ class Observation:
 
     @property
     def prediction_id(self) -> str:
-        """``<trace id>-<span id>`` of the call's span; row ``i``'s prediction id is ``<prediction_id>-<i>``."""
+        """``<trace id>-<span id>`` of the call's span; row ``i``'s prediction id is ``<prediction_id>-<i>``.
+
+        A call without a span of its own (its trace was not sampled) gets its trace's id and a random
+        64-bit part in the span id's place; without any trace (no SDK), random 128 and 64 bits."""
         if self._prediction_id is None:
             ctx = self._span_context
             if ctx is not None and ctx.is_valid:
                 self._prediction_id = f"{ctx.trace_id:032x}-{ctx.span_id:016x}"
-            else:  # no SDK: still unique, just not tied to a trace
-                self._prediction_id = f"{random.getrandbits(128):032x}-{random.getrandbits(64):016x}"
+            else:
+                trace_id = self._trace_id or random.getrandbits(128)
+                self._prediction_id = f"{trace_id:032x}-{random.getrandbits(64):016x}"
         return self._prediction_id
 
     def row_id(self, row: int) -> str:
@@ -135,7 +145,7 @@ def read_predictions(operation: str, output: Any, class_labels: list[str] | None
         proba = np.exp(arr) if operation == "predict_log_proba" else arr
         if proba.shape[1] == 2:  # row-wise argmax over two columns is slow in numpy: compare instead
             scores = proba[:, 1]
-            top = (scores > proba[:, 0]).view(np.int8).astype(np.intp)
+            top = (scores > proba[:, 0]).view(np.int8)  # 0 or 1: an index array without a copy
             confidence = np.maximum(proba[:, 0], scores)
         else:
             top = proba.argmax(axis=1)
@@ -155,3 +165,36 @@ def read_predictions(operation: str, output: Any, class_labels: list[str] | None
     if is_classifier or arr.dtype.kind not in "fc":
         return Predictions(None, None, labels=arr)
     return Predictions(arr.astype(np.float64, copy=False), None)
+
+
+def first_prediction(operation: str, output: Any, class_labels: list[str] | None,
+                     is_classifier: bool = True) -> tuple[str | None, float | None, float | None] | None:
+    """(label, score, confidence) of the first output row by the rules of :func:`read_predictions`, read
+    with plain Python where that is safe: about 1 µs where the numpy route costs about 6 µs on a one-row
+    output. None when ``read_predictions`` returns None.
+
+    >>> first_prediction("predict_proba", np.array([[0.9, 0.1]]), ["good", "bad"])
+    ('good', 0.1, 0.9)
+    >>> first_prediction("predict", np.array([2.5]), None, is_classifier=False)
+    (None, 2.5, None)
+    """
+    out = output[0] if isinstance(output, tuple) else output
+    if isinstance(out, np.ndarray) and out.ndim == 2 and len(out) and out.dtype.kind == "f" and (
+            operation in ("predict_proba", "predict_log_proba")):
+        row = out[0].tolist()
+        if operation == "predict_log_proba":
+            row = [math.exp(v) for v in row]
+        confidence = max(row, default=math.nan)
+        if not any(v != v for v in row) and confidence == confidence:  # NaN: the numpy route below
+            if len(row) == 2:  # binary: the positive class's probability
+                top, score = (1 if row[1] > row[0] else 0), row[1]
+            else:
+                top, score = row.index(confidence), confidence
+            label = class_labels[top] if class_labels is not None and len(class_labels) == len(row) else None
+            return label, score, confidence
+    predictions = read_predictions(operation, output, class_labels, is_classifier)
+    if predictions is None:
+        return None
+    scores = predictions.scores
+    return (predictions.first_label(), float(scores[0]) if scores is not None and len(scores) else None,
+            predictions.confidence_min)

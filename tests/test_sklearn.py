@@ -290,6 +290,47 @@ def test_missing_values_are_counted_per_feature(instrumented):
     assert metrics.value(semconv.INPUT_MISSING, ml__feature__name="x0") == 0
 
 
+def test_missing_values_of_batches_beyond_the_summary_sample_are_counted_exactly(make):
+    from sklearn.ensemble import HistGradientBoostingClassifier
+
+    rng = np.random.default_rng(2)
+    X = rng.normal(size=(400, 2))
+    model = HistGradientBoostingClassifier(max_iter=5).fit(X, (X[:, 0] > 0).astype(int))
+    inst = make(summary_max_rows=100)
+    batch = rng.normal(size=(1000, 2))
+    batch[1::2, 1] = np.nan  # every odd row: the span's sample of every 10th row sees none of them
+    model.predict(batch)
+    (span,) = inst.finished()
+    assert span.attributes[semconv.INPUT_SAMPLED_ROWS] == 100
+    assert list(span.attributes[semconv.INPUT_FEATURE_MISSING]) == [0, 0]
+    metrics = inst.flush()
+    assert metrics.value(semconv.INPUT_MISSING, ml__feature__name="x1") == 500
+    assert metrics.value(semconv.INPUT_MISSING, ml__feature__name="x0") == 0
+
+
+def test_calls_under_an_unsampled_parent_get_no_span_but_are_counted(instrumented, fitted, data):
+    from opentelemetry import context, trace
+    from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
+
+    X, _ = data
+    parent = SpanContext(trace_id=0xABC, span_id=0xDEF, is_remote=True, trace_flags=TraceFlags(TraceFlags.DEFAULT))
+    seen = []
+    instrumented.telemetry.listeners.append(seen.append)
+    token = context.attach(trace.set_span_in_context(NonRecordingSpan(parent)))
+    try:
+        expected = fitted.predict_proba(X.iloc[:3])
+        fitted.predict_proba(X.iloc[:1])
+    finally:
+        context.detach(token)
+    assert np.array_equal(fitted.predict_proba(X.iloc[:3]), expected)
+    traces = {span.context.trace_id for span in instrumented.finished()}
+    assert len(traces) == 1 and 0xABC not in traces  # only the call outside the unsampled trace has spans
+    ids = [obs.prediction_id for obs in seen[:2]]
+    assert all(i.startswith(f"{0xABC:032x}-") for i in ids) and ids[0] != ids[1]
+    metrics = instrumented.flush()
+    assert metrics.value(semconv.INPUT_ROWS_METRIC, ml__operation__name="predict_proba") == 7
+
+
 def test_training_spans_can_be_switched_off(make, data):
     X, y = data
     inst = make(training_enabled=False)
@@ -328,3 +369,34 @@ def test_prediction_records_need_no_flask(make):
     assert inst.telemetry is not first
     (listener,) = inst.telemetry.listeners
     assert listener == tracker(inst.telemetry).on_observation
+
+
+@pytest.mark.parametrize(("operation", "output", "labels", "is_classifier"), [
+    ("predict_proba", np.array([[0.3, 0.7]]), ["no", "yes"], True),
+    ("predict_proba", np.array([[0.5, 0.5]]), ["no", "yes"], True),  # a tie goes to the first class
+    ("predict_proba", np.array([[0.2, 0.5, 0.3]]), ["a", "b", "c"], True),
+    ("predict_proba", np.array([[0.2, 0.5, 0.3]]), None, True),
+    ("predict_proba", np.array([[np.nan, 0.4]]), ["no", "yes"], True),
+    ("predict_proba", np.array([[0.4, 0.6]], dtype=np.float32), ["no", "yes"], True),
+    ("predict_log_proba", np.log(np.array([[0.1, 0.9]])), ["no", "yes"], True),
+    ("predict", np.array(["spam"]), None, True),
+    ("predict", np.array([3]), None, True),
+    ("predict", np.array([2.5]), None, False),
+    ("predict", np.array([[2.5]]), None, False),
+    ("predict", np.array([[1.0, 2.0]]), None, False),
+    ("decision_function", np.array([-1.25]), None, True),
+    ("decision_function", np.array([[0.1, 0.2, 0.3]]), None, True),
+    ("predict", (np.array([1.5]), np.array([0.1])), None, False),
+])
+def test_first_row_reading_agrees_with_the_batch_reader(operation, output, labels, is_classifier):
+    from otel_ml.observation import first_prediction, read_predictions
+
+    fast = first_prediction(operation, output, labels, is_classifier)
+    full = read_predictions(operation, output, labels, is_classifier)
+    if full is None:
+        assert fast is None
+        return
+    label, score, confidence = fast
+    assert label == full.first_label()
+    for got, want in ((score, full.scores[0] if full.scores is not None else None), (confidence, full.confidence_min)):
+        assert (got is None and want is None) or got == pytest.approx(want, nan_ok=True)

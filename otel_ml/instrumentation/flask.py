@@ -66,7 +66,7 @@ from otel_ml import outcomes, semconv
 from otel_ml.instrumentation.sklearn import active_telemetry
 from otel_ml.package import _instruments_flask
 from otel_ml.records import identity_attributes, parse_prediction_id
-from otel_ml.telemetry import _prediction_attributes
+from otel_ml.telemetry import prediction_attributes
 
 _log = logging.getLogger("otel_ml")
 
@@ -181,10 +181,8 @@ class _RequestHandler:
         if len(collected) > 1:
             calls = [obs for obs in collected if obs.model is prediction.state and obs.n_rows == n]
             call = next((obs for obs in calls if obs.operation in outcomes.PROBABILITY_OPERATIONS), calls[0])
-        predictions = call.read_predictions()
-        if predictions is not None:
-            attributes.update(_prediction_attributes(predictions, n, telemetry.config.max_classes))
-            attributes.pop(semconv.PREDICTION_CONFIDENCE_MIN, None)  # on the model span; every attribute costs
+        attributes.update(prediction_attributes(call, telemetry.config.max_classes))
+        attributes.pop(semconv.PREDICTION_CONFIDENCE_MIN, None)  # on the model span; every attribute costs
         span.set_attributes(attributes)
 
     # -- prediction ids in the response ------------------------------------------------------------------
