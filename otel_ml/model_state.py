@@ -119,8 +119,12 @@ class ModelStates:
         self._unhashable: dict[int, ModelState] = {}  # objects that refuse weak references, by id
         self._on_new_state = on_new_state
         self._lock = threading.Lock()
+        self._last: tuple[weakref.ref, ModelState] | None = None  # the model asked for last: the usual next one
 
     def get(self, model: Any) -> ModelState:
+        last = self._last
+        if last is not None and last[0]() is model:
+            return last[1]
         try:
             state = self._states.get(model)
         except TypeError:
@@ -136,10 +140,15 @@ class ModelStates:
                     if len(self._unhashable) > 1000:
                         self._unhashable.clear()
                     self._unhashable[id(model)] = state
+        try:
+            self._last = (weakref.ref(model), state)
+        except TypeError:
+            pass
         return state
 
     def forget(self, model: Any) -> None:
         with self._lock:
+            self._last = None
             try:
                 self._states.pop(model, None)
             except TypeError:
@@ -147,5 +156,6 @@ class ModelStates:
 
     def clear(self) -> None:
         with self._lock:
+            self._last = None
             self._states = weakref.WeakKeyDictionary()
             self._unhashable.clear()

@@ -17,6 +17,7 @@ import math
 import os
 import threading
 import time
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -119,6 +120,20 @@ def drops_unsampled_children(provider: Any) -> bool:
             and getattr(sampler, "_remote_parent_not_sampled", None) is ALWAYS_OFF)
 
 
+_RUNNING: weakref.WeakSet[Telemetry] = weakref.WeakSet()
+
+
+def _forked() -> None:
+    """In a forked child, every Telemetry starts again at its next call (new threads, zeroed counts)."""
+    for telemetry in list(_RUNNING):
+        telemetry._started = False
+        telemetry._start_lock = threading.Lock()  # a parent's thread may have held it at the fork
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forked)
+
+
 class Telemetry:
     """Spans, metrics and data health for every instrumented model in the process."""
 
@@ -142,6 +157,7 @@ class Telemetry:
         self._logged: set[tuple[str, str]] = set()
         self._pid = os.getpid()
         self._started = False
+        _RUNNING.add(self)
         self._start_lock = threading.Lock()
 
     @property
@@ -151,10 +167,10 @@ class Telemetry:
 
     # -- lifecycle ------------------------------------------------------------------------------
     def _ensure_started(self) -> None:
-        """Start the background threads in this process (again after a fork)."""
-        pid = os.getpid()
-        if self._started and self._pid == pid:
+        """Start the background threads in this process (again after a fork: see ``_forked``)."""
+        if self._started:
             return
+        pid = os.getpid()
         with self._start_lock:
             if self._pid != pid:  # a forked child: its parent's counts are not its own
                 self.store.reset()
