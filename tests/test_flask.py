@@ -383,6 +383,17 @@ def test_feedback_endpoint_joins_outcomes(service, data):
     assert counts == {True: 4, False: 1}
 
 
+def test_feedback_names_the_model_of_an_outcome_from_another_replica(service, data):
+    svc = service()
+    svc.client.post("/predict", json=row(data))
+    elsewhere = f"{'a' * 32}-{'b' * 16}-0"
+    response = svc.client.post("/feedback", json={"prediction_id": elsewhere, "actual": 1, "model": "churn"})
+    assert response.get_json() == {"received": 1, "joined": 0}
+    (point,) = svc.metric(semconv.OUTCOME_COUNT)
+    assert point.attributes[semconv.MODEL_NAME] == "churn" and point.attributes[semconv.OUTCOME_JOINED] is False
+    assert svc.client.post("/feedback", json={"prediction_id": elsewhere, "actual": 1, "model": 3}).status_code == 400
+
+
 @pytest.mark.parametrize("body", [{"actual": 1}, {"prediction_id": "nope", "actual": 1},
                                   {"prediction_id": f"{'a' * 32}-{'b' * 16}-0"}, [], "text",
                                   {"prediction_id": f"{'a' * 32}-{'b' * 16}-0", "actual": [1]}])

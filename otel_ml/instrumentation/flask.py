@@ -255,10 +255,12 @@ class _RequestHandler:
 
 
 # -- the feedback endpoint --------------------------------------------------------------------------------
-def feedback_view(*, id_field: str | None = None, actual_field: str = "actual",
+def feedback_view(*, id_field: str | None = None, actual_field: str = "actual", model_field: str = "model",
                   max_outcomes: int = 1000) -> Callable[[], Any]:
     """A Flask view recording outcomes: POST ``{"prediction_id": "...", "actual": 1}``, a list of such
-    objects, or ``{"outcomes": [...]}``.
+    objects, or ``{"outcomes": [...]}``. An optional ``"model": "<ml.model.name>"`` names the model of an
+    outcome whose prediction was made elsewhere (another replica), so that it is counted and routed to
+    the collector-side processor under that model.
 
     Answers 200 ``{"received": n, "joined": k}`` (``k``: outcomes that met their prediction in this
     process), 400 ``{"error": ...}`` when the body is not that shape or an id is malformed (then nothing
@@ -285,11 +287,14 @@ def feedback_view(*, id_field: str | None = None, actual_field: str = "actual",
             actual = item.get(actual_field)
             if actual is None or not isinstance(actual, (str, int, float, bool)):
                 return flask.jsonify(error=f"item {i}: {actual_field!r} must be a string, number or boolean"), 400
+            if not isinstance(item.get(model_field, ""), str):
+                return flask.jsonify(error=f"item {i}: {model_field!r} must be a model name"), 400
             try:
                 parse_prediction_id(item[id_field])
             except ValueError as exc:
                 return flask.jsonify(error=f"item {i}: {exc}"), 400
-        joined = sum(bool(outcomes.record_outcome(item[id_field], item[actual_field])) for item in items)
+        joined = sum(bool(outcomes.record_outcome(item[id_field], item[actual_field],
+                                                  model=item.get(model_field) or None)) for item in items)
         return flask.jsonify(received=len(items), joined=joined)
 
     return otel_ml_feedback
