@@ -291,6 +291,10 @@ def _tags(trace: dict) -> tuple[dict, dict]:
     return {t["key"]: t["value"] for t in span["tags"]}, {t["key"]: t["value"] for t in process["tags"]}
 
 
+# a prediction id whose span-id part is 16 decimal digits starting like a Visa number
+CARD_LIKE_PREDICTION_ID = "4bf92f3577b34da6a3ce929d0e0e4736-4111111111111111-0"
+
+
 @pytest.mark.e2e
 def test_span_passes_agent_and_gateway_to_jaeger(stack):
     service = f"otel-ml-e2e-{uuid.uuid4().hex[:8]}"
@@ -310,6 +314,7 @@ def test_span_passes_agent_and_gateway_to_jaeger(stack):
                     "payment.card": "4111 1111 1111 1111",
                     "customer.ssn": "123-45-6789",
                     "enduser.id": "user-42",
+                    "ml.prediction.id": CARD_LIKE_PREDICTION_ID,
                 },
             }
         ],
@@ -326,6 +331,7 @@ def test_span_passes_agent_and_gateway_to_jaeger(stack):
     assert "1111 1111" not in tags["payment.card"]
     assert "123-45-6789" not in tags["customer.ssn"]
     assert tags["enduser.id"] != "user-42"
+    assert tags["ml.prediction.id"] == CARD_LIKE_PREDICTION_ID  # an id, not a card: left alone
     # gateway: default route (no ml.business_unit)
     assert process.get("otel_ml.route") == "default"
 
