@@ -28,7 +28,9 @@
 #
 # Env knobs:
 #   OTEL_ML_AGENT_CONFIG       default collector-config/agent.yaml
-#   OTEL_ML_GATEWAY_CONFIG     default collector-config/gateway.yaml
+#   OTEL_ML_GATEWAY_CONFIG     default collector-config/gateway.yaml (or any backends/*.yaml)
+#   OTEL_ML_PROCESSOR_TIER_CONFIG  default collector-config/processor-tier.yaml, merged into the gateway's
+#                              config (feeds the processor tier); "none" leaves it out
 #   OTEL_ML_JAEGER_CONFIG      default collector-config/jaeger/jaeger.yaml
 #   OTEL_ML_PROMETHEUS_CONFIG  default collector-config/prometheus/prometheus.yml
 #   OTEL_ML_PROM_LOOKBACK      default 2m (--query.lookback-delta)
@@ -57,6 +59,7 @@ ALL_COMPONENTS=(${OTEL_ML_STACK_COMPONENTS:-prometheus jaeger processor-a proces
 
 AGENT_CONFIG="${OTEL_ML_AGENT_CONFIG:-$ROOT/collector-config/agent.yaml}"
 GATEWAY_CONFIG="${OTEL_ML_GATEWAY_CONFIG:-$ROOT/collector-config/gateway.yaml}"
+PROCESSOR_TIER_CONFIG="${OTEL_ML_PROCESSOR_TIER_CONFIG:-$ROOT/collector-config/processor-tier.yaml}"
 JAEGER_CONFIG="${OTEL_ML_JAEGER_CONFIG:-$ROOT/collector-config/jaeger/jaeger.yaml}"
 PROMETHEUS_CONFIG="${OTEL_ML_PROMETHEUS_CONFIG:-$ROOT/collector-config/prometheus/prometheus.yml}"
 PROCESSOR_CONFIG="${OTEL_ML_PROCESSOR_CONFIG:-$ROOT/collector-config/processor/processor.toml}"
@@ -152,7 +155,9 @@ command_for() { # NAME -> prints the command (one arg per line)
         "--storage.tsdb.retention.time=1d" \
         "--query.lookback-delta=${OTEL_ML_PROM_LOOKBACK:-2m}" ;;
     jaeger) printf '%s\n' "$BIN/jaeger" "--config=$JAEGER_CONFIG" ;;
-    gateway) printf '%s\n' "$BIN/otelcol-ml" "--config=$GATEWAY_CONFIG" ;;
+    gateway)
+      printf '%s\n' "$BIN/otelcol-ml" "--config=$GATEWAY_CONFIG"
+      [[ "$PROCESSOR_TIER_CONFIG" == none ]] || printf '%s\n' "--config=$PROCESSOR_TIER_CONFIG" ;;
     agent) printf '%s\n' "$BIN/otelcol-ml" "--config=$AGENT_CONFIG" ;;
     processor-lb) printf '%s\n' "$BIN/otelcol-ml" "--config=$PROCESSOR_LB_CONFIG" ;;
     processor-a|processor-b)

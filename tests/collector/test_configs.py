@@ -53,11 +53,16 @@ DUMMY_ENV = {
 
 # otelcol-ml configs: everything YAML under collector-config/ except the builder manifest and the
 # configs of other programs (Jaeger's own config, Prometheus files).
+# processor-tier.yaml is an overlay, merged into a gateway config (scripts/stack.sh does).
+PROCESSOR_TIER = CONFIG_DIR / "processor-tier.yaml"
 OTELCOL_CONFIGS = sorted(
     p
     for p in CONFIG_DIR.rglob("*.yaml")
-    if p.name != "builder-config.yaml" and p.parent.name not in {"jaeger", "prometheus"}
+    if p.name != "builder-config.yaml" and p.parent.name not in {"jaeger", "prometheus"} and p != PROCESSOR_TIER
 )
+GATEWAYS = [CONFIG_DIR / "gateway.yaml", *sorted((CONFIG_DIR / "backends").glob("*.yaml"))]
+# every config alone, and every gateway (the default and each backend) with the processor tier merged in
+CONFIG_SETS = [(c,) for c in OTELCOL_CONFIGS] + [(g, PROCESSOR_TIER) for g in GATEWAYS]
 
 
 def _missing(message: str) -> None:
@@ -88,6 +93,14 @@ def _rel(path: Path) -> str:
     return str(path.relative_to(CONFIG_DIR))
 
 
+def _set_id(configs: tuple[Path, ...]) -> str:
+    return "+".join(_rel(c) for c in configs)
+
+
+def _config_args(configs: tuple[Path, ...]) -> list[str]:
+    return [f"--config={c}" for c in configs]
+
+
 def test_config_inventory():
     names = {_rel(p) for p in OTELCOL_CONFIGS}
     expected_backends = {
@@ -98,17 +111,17 @@ def test_config_inventory():
     assert {f"backends/{b}.yaml" for b in expected_backends} <= names
 
 
-@pytest.mark.parametrize("config", OTELCOL_CONFIGS, ids=_rel)
-def test_config_validates(otelcol, config):
+@pytest.mark.parametrize("configs", CONFIG_SETS, ids=_set_id)
+def test_config_validates(otelcol, configs):
     env = {**os.environ, **DUMMY_ENV}
     result = subprocess.run(
-        [str(otelcol), "validate", f"--config={config}"],
+        [str(otelcol), "validate", *_config_args(configs)],
         env=env, capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr + result.stdout
 
 
-@pytest.mark.parametrize("config", OTELCOL_CONFIGS, ids=_rel)
+@pytest.mark.parametrize("config", [*OTELCOL_CONFIGS, PROCESSOR_TIER], ids=_rel)
 def test_config_secrets_only_from_env(config):
     """No literal credentials: every header value of an exporter is an ${env:...} reference."""
     text = config.read_text()
@@ -121,17 +134,17 @@ def test_config_secrets_only_from_env(config):
             assert "${env:" in stripped, f"{config}: literal secret in {stripped!r}"
 
 
-@pytest.mark.parametrize("config", OTELCOL_CONFIGS, ids=_rel)
-def test_config_starts(otelcol, config, tmp_path):
+@pytest.mark.parametrize("configs", CONFIG_SETS, ids=_set_id)
+def test_config_starts(otelcol, configs, tmp_path):
     """The collector builds every component of the config and reports ready on free ports.
 
     A port found free can be taken by someone's outgoing connection before the collector binds it (the
     running stack makes many): such a start is retried on new ports, any other failure is not."""
     for _ in range(3):
-        text, ready = _start_once(otelcol, config, tmp_path, _start_env(tmp_path))
+        text, ready = _start_once(otelcol, configs, tmp_path, _start_env(tmp_path))
         if ready or "address already in use" not in text:
             break
-    assert ready, f"{config} did not start:\n{text[-3000:]}"
+    assert ready, f"{_set_id(configs)} did not start:\n{text[-3000:]}"
 
 
 def _start_env(tmp_path):
@@ -160,11 +173,11 @@ def _start_env(tmp_path):
     return env
 
 
-def _start_once(otelcol, config, tmp_path, env) -> tuple[str, bool]:
+def _start_once(otelcol, configs, tmp_path, env) -> tuple[str, bool]:
     log_path = tmp_path / "collector.log"
     with open(log_path, "w") as log:
         proc = subprocess.Popen(
-            [str(otelcol), f"--config={config}"], env=env, stdout=log, stderr=subprocess.STDOUT
+            [str(otelcol), *_config_args(configs)], env=env, stdout=log, stderr=subprocess.STDOUT
         )
     try:
         deadline = time.monotonic() + 30
