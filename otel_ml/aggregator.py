@@ -144,15 +144,19 @@ class Aggregator:
         operation = first.operation
         _, _, op_key = state.operation(operation)
         ok, durations_by_error = [], {}
+        violations: dict[tuple[str, str], int] = {}
         for obs in observations:
-            if obs.validation is not None:
-                self._count_violations(state, obs.validation)
+            if obs.validation is not None and obs.validation.counts:
+                for check, count in obs.validation.counts.items():
+                    violations[check] = violations.get(check, 0) + count
             if obs.error_type is None:
                 ok.append(obs)
             durations_by_error.setdefault(obs.error_type, []).append(obs.duration)
         for error, durations in durations_by_error.items():
             key = op_key + ((semconv.ERROR_TYPE, error),) if error else op_key
             self.duration.record_many(key, np.asarray(durations))
+        if violations:
+            self._count_violations(state, violations)
         if not ok:
             return
         self.rows.add(op_key, sum(o.n_rows for o in ok))
@@ -297,11 +301,12 @@ class Aggregator:
             if report is not None:
                 self._publish_drift(state, report)
 
-    def _count_violations(self, state: ModelState, validation: Any) -> None:
+    def _count_violations(self, state: ModelState, counts: dict[tuple[str, str], int]) -> None:
+        """Add a group's violation counts, by (feature, check), to ``ml.validation.violations``."""
         cap = self.config.max_features
         names = list(state.baseline.feature_names)[:cap] if state.baseline is not None else []
         keys, amounts = [], []
-        for (feature, check), count in validation.counts.items():
+        for (feature, check), count in counts.items():
             name = feature if feature in names or len(names) < cap else OTHER
             keys.append(state.metric_key + ((semconv.FEATURE_NAME, name), (semconv.VALIDATION_CHECK, check)))
             amounts.append(count)
@@ -342,8 +347,8 @@ def _group_tables(observations: list[Observation]) -> list[frame.Table]:
     stack: list[np.ndarray] = []
     width = None
     for obs in observations:
-        x = obs.inputs
-        if (obs._table is None and isinstance(x, np.ndarray) and x.ndim == 2 and x.dtype.kind == "f"
+        x = obs.inputs  # a table built on the request path (for validation) of such an array is only a view
+        if (isinstance(x, np.ndarray) and x.ndim == 2 and x.dtype.kind == "f"
                 and x.shape[0] <= STACK_LIMIT and (width is None or x.shape[1] == width)):
             width = x.shape[1]
             stack.append(x)
