@@ -341,8 +341,8 @@ def _group_predictions(state: ModelState, observations: list[Observation]) -> li
 
 
 def _group_tables(observations: list[Observation]) -> list[frame.Table]:
-    """Tables of a group's inputs: tables already built on the request path as they are; small plain
-    numeric arrays stacked into one (the usual stream of single-row calls)."""
+    """Tables of a group's inputs, as few as possible: small plain numeric arrays stacked into one (the
+    usual stream of single-row calls), other tables of one layout concatenated."""
     tables: list[frame.Table] = []
     stack: list[np.ndarray] = []
     width = None
@@ -356,6 +356,8 @@ def _group_tables(observations: list[Observation]) -> list[frame.Table]:
         table = obs.table()
         if table is not None:
             tables.append(table)
+    if len(tables) > 1:  # e.g. one-row DataFrames: one table per layout instead of one per call
+        tables = frame.concat_tables(tables)
     if stack:
         names = observations[0].model.feature_names
         tables.append(frame.as_table(np.vstack(stack) if len(stack) > 1 else stack[0], names))

@@ -126,3 +126,37 @@ def test_baseline_captured_at_fit_travels_in_the_pickle(make, tmp_path):
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() in ("0", "1")
+
+
+def test_one_row_calls_count_like_one_batch(make, tmp_path):
+    """Streams of one-row calls (numpy rows, and DataFrames with a category) are counted in groups: the bin
+    and missing-value counters end up exactly where one call with all the rows puts them."""
+    import pandas as pd
+    from sklearn.compose import make_column_transformer
+    from sklearn.ensemble import HistGradientBoostingClassifier
+    from sklearn.preprocessing import OneHotEncoder
+
+    frame = pd.DataFrame({"x0": X[:, 0], "x1": X[:, 1], "colour": np.where(X[:, 2] > 0, "red", "blue")})
+    model = make_pipeline(make_column_transformer((OneHotEncoder(handle_unknown="ignore"), ["colour"]),
+                                                  remainder="passthrough"),
+                          HistGradientBoostingClassifier(max_iter=5)).fit(frame, Y)
+    with open(tmp_path / "m.pkl", "wb") as fh:
+        pickle.dump(model, fh)
+    Baseline().fit(frame).save(tmp_path / "m.baseline.json")
+    rows = frame.iloc[:120].copy()
+    rows.loc[rows.index[::7], "x1"] = np.nan
+
+    def counters(calls):
+        inst = make()
+        loaded = _load(tmp_path / "m.pkl")
+        for batch in calls:
+            loaded.predict_proba(batch)
+        metrics = inst.flush()
+        inst.instrumentor.uninstrument()
+        points = metrics.points(semconv.FEATURE_BIN_COUNT) + metrics.points(semconv.INPUT_MISSING)
+        return {(p.attributes.get(semconv.FEATURE_NAME), p.attributes.get(semconv.BIN_INDEX)): p.value
+                for p in points}
+
+    one_by_one = counters([rows.iloc[[i]] for i in range(len(rows))])
+    assert one_by_one == counters([rows])
+    assert one_by_one[("x1", None)] == 18 and sum(v for (f, b), v in one_by_one.items() if f == "colour") == 120
