@@ -8,6 +8,7 @@ it. States live in a weak map keyed by the model object, so a discarded model le
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import weakref
@@ -21,11 +22,12 @@ _log = logging.getLogger("otel_ml")
 BASELINE_ATTRIBUTE = "_otel_ml_baseline"  # where a baseline captured at fit time travels in the model
 
 
-def _is_composite(model: Any) -> bool:
-    """Whether the model's steps deserve child spans: pipelines, column transformers, feature unions and
+@functools.lru_cache(maxsize=1024)
+def is_composite_class(cls: type) -> bool:
+    """Whether a model class's steps deserve child spans: pipelines, column transformers, feature unions and
     meta-estimators (searches, calibration, voting, stacking, one-vs-rest), but not homogeneous ensembles,
     whose hundred trees would bury the trace."""
-    mro = type(model).__mro__
+    mro = cls.__mro__
     if any(c.__name__ == "BaseEnsemble" and c.__module__.startswith("sklearn.ensemble") for c in mro):
         return False
     return any(c.__name__ in ("MetaEstimatorMixin", "_BaseComposition") and c.__module__.startswith("sklearn.")
@@ -60,7 +62,7 @@ class ModelState:
         except TypeError:
             self.class_labels = None
         self.model_type = self._model_type(model, kind)
-        self.composite = _is_composite(model)
+        self.composite = is_composite_class(type(model))
         names = getattr(model, "feature_names_in_", None)
         self.feature_names: list[str] | None = [str(n) for n in names] if names is not None else None
         self.metric_key: tuple = ((semconv.MODEL_NAME, self.identity.name),

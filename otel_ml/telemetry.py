@@ -37,8 +37,13 @@ _log = logging.getLogger("otel_ml")
 
 TRAINING = frozenset({"fit", "fit_transform", "fit_predict", "partial_fit"})
 
-# The Call or Step in progress in this context (None outside any model call).
+# The Call or Step in progress in this context whose steps get child spans (None outside any model call,
+# and inside a call that has no span yet: a leaf model's span is made after the call).
 ACTIVE: contextvars.ContextVar[Call | Step | None] = contextvars.ContextVar("otel_ml_active_call", default=None)
+# False while a call runs whose inner model calls are part of it with nothing of their own (a leaf model,
+# a call without a span, a leaf step, baseline capture, and joblib tasks they dispatch): the patched
+# methods then skip otel-ml's wrapper inside wrapt's C code (``enabled=WRAPPING.get``).
+WRAPPING: contextvars.ContextVar[bool] = contextvars.ContextVar("otel_ml_wrapping", default=True)
 
 
 class Call:
@@ -392,14 +397,14 @@ class Telemetry:
         self.states.forget(call.model)
         if not (self.config.capture_baseline and call.inputs is not None and call.operation != "partial_fit"):
             return
-        token = ACTIVE.set(call)  # calls below are "inside" this fit: no spans, no observations
+        token = WRAPPING.set(False)  # calls below are part of this fit: no spans, no observations
         try:
             scores = _training_scores(call.model, call.inputs)
             self.aggregator.capture_baseline(call.model, call.inputs, call.targets, scores)
         except Exception as exc:
             self.internal_error("capture_baseline", exc)
         finally:
-            ACTIVE.reset(token)
+            WRAPPING.reset(token)
 
     # -- steps inside a composite model ----------------------------------------------------------------
     def begin_step(self, parent: Call | Step, model: Any, operation: str) -> Step | None:

@@ -400,3 +400,32 @@ def test_first_row_reading_agrees_with_the_batch_reader(operation, output, label
     assert label == full.first_label()
     for got, want in ((score, full.scores[0] if full.scores is not None else None), (confidence, full.confidence_min)):
         assert (got is None and want is None) or got == pytest.approx(want, nan_ok=True)
+
+
+def test_joblib_work_of_a_model_call_is_part_of_it(instrumented, data):
+    """Context variables do not follow work into joblib's workers: a forest with n_jobs must still be one
+    span and one model in the metrics, and a search's process-based workers must still receive its tasks."""
+    import joblib
+    from sklearn.ensemble import RandomForestClassifier
+    from sklearn.model_selection import GridSearchCV
+
+    X, y = data
+    forest = RandomForestClassifier(n_estimators=8, n_jobs=2, random_state=0).fit(X, y)
+    expected = forest.predict_proba(X.iloc[:5])
+    assert [s.name for s in instrumented.finished()] == ["fit RandomForestClassifier",
+                                                         "predict_proba RandomForestClassifier"]
+    metrics = instrumented.flush()
+    assert {p.attributes[semconv.MODEL_NAME] for p in metrics.points(semconv.INPUT_ROWS_METRIC)} == {
+        "RandomForestClassifier"}
+    search = GridSearchCV(LogisticRegression(max_iter=500), {"C": [0.1, 1.0]}, cv=2, n_jobs=2).fit(X, y)
+    assert search.best_params_["C"] in (0.1, 1.0)  # loky processes: the tasks were pickled and ran
+    assert [s.name for s in instrumented.roots()][-1] == "fit GridSearchCV"
+    before = len(instrumented.finished())
+    with joblib.parallel_backend("threading", n_jobs=2):  # worker threads: the candidates are child spans
+        GridSearchCV(LogisticRegression(max_iter=500), {"C": [0.1, 1.0]}, cv=2).fit(X, y)
+    spans = instrumented.finished()[before:]
+    (root,) = [s for s in spans if s.parent is None]
+    assert root.name == "fit GridSearchCV" and len(spans) > 1
+    assert all(s.parent.span_id == root.context.span_id for s in spans if s is not root)
+    instrumented.instrumentor.uninstrument()
+    assert np.array_equal(forest.predict_proba(X.iloc[:5]), expected)

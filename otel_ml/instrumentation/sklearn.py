@@ -39,8 +39,9 @@ from opentelemetry.instrumentation.instrumentor import BaseInstrumentor
 
 from otel_ml import config as config_module
 from otel_ml import identity
+from otel_ml.model_state import is_composite_class
 from otel_ml.package import _instruments_sklearn
-from otel_ml.telemetry import ACTIVE, Call, Step, Telemetry
+from otel_ml.telemetry import ACTIVE, WRAPPING, Call, Step, Telemetry
 
 _log = logging.getLogger("otel_ml")
 
@@ -55,6 +56,37 @@ def _inputs(args: tuple, kwargs: dict) -> Any:
         if key in kwargs:
             return kwargs[key]
     return None
+
+
+class _PartOfCall:
+    """A joblib task of a model call, run in whichever worker it lands as part of that call: under the
+    call's span when the call has one (a search's candidates become its child spans), with otel-ml's
+    wrappers off otherwise. Pickled for a process-based backend it keeps only the latter."""
+
+    __slots__ = ("function", "parent")
+
+    def __init__(self, function: Any, parent: Call | Step | None) -> None:
+        self.function, self.parent = function, parent
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        marker, value = (ACTIVE, self.parent) if self.parent is not None else (WRAPPING, False)
+        token = marker.set(value)
+        try:
+            return self.function(*args, **kwargs)
+        finally:
+            marker.reset(token)
+
+    def __reduce__(self) -> tuple:
+        return _PartOfCall, (self.function, None)  # spans do not cross processes
+
+    def __getattr__(self, name: str) -> Any:  # joblib reads a task's name for its logs
+        if name.startswith("__"):
+            raise AttributeError(name)
+        return getattr(self.function, name)
+
+
+def _part_of_call(tasks: Any, parent: Call | Step | None) -> Any:
+    return ((_PartOfCall(function, parent), args, kwargs) for function, args, kwargs in tasks)
 
 
 class _Patcher:
@@ -97,14 +129,17 @@ class _Patcher:
         except Exception as exc:
             telemetry.internal_error("begin", exc)
             return wrapped(*args, **kwargs)
-        token = ACTIVE.set(call)
+        # a call with a span now (a composite) is the parent of its steps' spans; in any other call, inner
+        # model calls are part of it and skip the wrapper altogether
+        marker, value = (ACTIVE, call) if call.span is not None else (WRAPPING, False)
+        token = marker.set(value)
         try:
             result = wrapped(*args, **kwargs)
         except BaseException as exc:
-            ACTIVE.reset(token)
+            marker.reset(token)
             telemetry.fail(call, exc)
             raise
-        ACTIVE.reset(token)
+        marker.reset(token)
         telemetry.end(call, result)
         return result
 
@@ -118,14 +153,16 @@ class _Patcher:
             step = None
         if step is None:
             return wrapped(*args, **kwargs)
-        token = ACTIVE.set(step)
+        # a composite step's own steps get child spans; a leaf step's inner calls (a forest's trees) skip
+        marker, value = (ACTIVE, step) if is_composite_class(type(instance)) else (WRAPPING, False)
+        token = marker.set(value)
         try:
             result = wrapped(*args, **kwargs)
         except BaseException as exc:
-            ACTIVE.reset(token)
+            marker.reset(token)
             telemetry.end_step(step, exc)
             raise
-        ACTIVE.reset(token)
+        marker.reset(token)
         telemetry.end_step(step)
         return result
 
@@ -144,7 +181,8 @@ class _Patcher:
                     if not (callable(original) or hasattr(original, "__get__")):
                         continue
                     try:
-                        setattr(klass, name, wrapt.FunctionWrapper(original, self._wrappers[name]))
+                        setattr(klass, name, wrapt.FunctionWrapper(original, self._wrappers[name],
+                                                                   enabled=WRAPPING.get))
                     except (TypeError, AttributeError):  # a class that refuses new attributes
                         continue
                     self._patched.append((klass, name, original))
@@ -195,6 +233,30 @@ class _Patcher:
         setattr(module, name, wrapt.FunctionWrapper(original, loader))
         self._loaders.append((module, name, original))
 
+    # -- joblib tasks of a model call -----------------------------------------------------------------
+    def patch_parallel(self, module: Any) -> None:
+        """Carry "inside a model call" into the tasks a call hands to joblib (a forest's trees with
+        ``n_jobs``, a search's candidates): context variables do not follow work into joblib's worker
+        threads, where every tree would otherwise look like a model call of its own."""
+        parallel = getattr(module, "Parallel", None)
+        original = getattr(parallel, "__dict__", {}).get("__call__")
+        if original is None or isinstance(original, wrapt.FunctionWrapper):
+            return
+
+        def dispatch(wrapped: Any, instance: Any, args: tuple, kwargs: dict) -> Any:
+            wrapping, active = WRAPPING.get(), ACTIVE.get()
+            if not self.enabled or (wrapping and active is None):
+                return wrapped(*args, **kwargs)  # not inside a model call: the user's own joblib work
+            parent = active if wrapping else None
+            if args:
+                args = (_part_of_call(args[0], parent), *args[1:])
+            elif "iterable" in kwargs:
+                kwargs = {**kwargs, "iterable": _part_of_call(kwargs["iterable"], parent)}
+            return wrapped(*args, **kwargs)
+
+        parallel.__call__ = wrapt.FunctionWrapper(original, dispatch)
+        self._patched.append((parallel, "__call__", original))
+
     # -- undo -----------------------------------------------------------------------------------------
     def unpatch(self) -> None:
         with self._lock:
@@ -235,6 +297,8 @@ class SklearnInstrumentor(BaseInstrumentor):
                                         if self._patcher is patcher else None, "pickle")
         wrapt.register_post_import_hook(lambda module: patcher.patch_loader(module, "load")
                                         if self._patcher is patcher else None, "joblib")
+        wrapt.register_post_import_hook(lambda module: patcher.patch_parallel(module)
+                                        if self._patcher is patcher else None, "joblib.parallel")
         if config.prediction_records_rate > 0:  # records are emitted by the outcome tracker's listener
             from otel_ml.outcomes import tracker
 
