@@ -85,6 +85,15 @@ class _PartOfCall:
         return getattr(self.function, name)
 
 
+def _runs_in_this_thread(parallel: Any) -> bool:
+    """Whether a ``joblib.Parallel`` runs its tasks one after the other in the calling thread (one job:
+    scikit-learn's default), where they see the call's context without help."""
+    try:
+        return parallel._effective_n_jobs() == 1
+    except Exception:  # another joblib: assume workers
+        return False
+
+
 def _part_of_call(tasks: Any, parent: Call | Step | None) -> Any:
     return ((_PartOfCall(function, parent), args, kwargs) for function, args, kwargs in tasks)
 
@@ -245,8 +254,8 @@ class _Patcher:
 
         def dispatch(wrapped: Any, instance: Any, args: tuple, kwargs: dict) -> Any:
             wrapping, active = WRAPPING.get(), ACTIVE.get()
-            if not self.enabled or (wrapping and active is None):
-                return wrapped(*args, **kwargs)  # not inside a model call: the user's own joblib work
+            if not self.enabled or (wrapping and active is None) or _runs_in_this_thread(instance):
+                return wrapped(*args, **kwargs)  # the user's own joblib work, or tasks that keep the context
             parent = active if wrapping else None
             if args:
                 args = (_part_of_call(args[0], parent), *args[1:])
