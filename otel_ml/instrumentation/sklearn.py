@@ -20,7 +20,9 @@ subclasses, scikit-learn-API wrappers of other libraries), and models loaded wit
 
 A call inside another model call on the same object (``predict`` calling ``predict_proba``) is part
 of the outer span; a call on another object (a pipeline's steps, a search's candidates) is a child
-span of it, up to ``OTEL_ML_MAX_CHILD_SPANS``. Every setting is an ``OTEL_ML_*`` variable, see
+span of it, up to ``OTEL_ML_MAX_CHILD_SPANS``. Inside a model without steps (any other estimator,
+forests included), inner model calls are part of the call and skip otel-ml's wrapper in wrapt's C code;
+work a call hands to joblib's worker threads or processes stays part of it. Every setting is an ``OTEL_ML_*`` variable, see
 :mod:`otel_ml.config` and ``docs/configuration.md``.
 
 ``instrument()`` accepts ``tracer_provider``, ``metric_exporter`` (tests) and ``config`` (a
