@@ -123,7 +123,7 @@ class _Patcher:
             active = ACTIVE.get()
             if active is None:
                 return self._outer(wrapped, instance, method, args, kwargs)
-            if active.model is instance or active.span is None:  # same object, or a leaf's internals
+            if active.model is instance:  # a model with steps calling its own methods: part of its span
                 return wrapped(*args, **kwargs)
             return self._step(active, wrapped, instance, method, args, kwargs)
 
