@@ -1,6 +1,7 @@
 """What one model call produced, and the few numbers read off its output.
 
-An :class:`Observation` is built once per outermost model call and feeds everything else: span
+Each outermost model call is one :class:`Observation` (``otel_ml.telemetry.Call`` extends it with
+what the call needs while it runs), and it feeds everything else: span
 attributes (:mod:`otel_ml.telemetry`), metrics, drift and validation (:mod:`otel_ml.aggregator`),
 outcome joins and prediction records. Whatever is derived from it (the predictions' labels and
 scores, the input :class:`~otel_ml.frame.Table`, the prediction id) is computed at most once, by

@@ -1,9 +1,10 @@
 """Turning a model call into a span, and handing its observation to the aggregator.
 
-The request path does only this: start a span with the model's cached attributes, run the model,
-read a few numbers off the output for the span, and append one :class:`~otel_ml.observation.Observation`
-to a bounded queue. Metrics, drift and data-quality counts are computed off the request path by
-:class:`~otel_ml.aggregator.Aggregator`. When the span is not sampled, no attribute is computed.
+The request path does only this: run the model, make its span with the model's cached attributes and a
+few numbers read off the output, and append the finished :class:`Call` (an
+:class:`~otel_ml.observation.Observation`) to a bounded queue. Metrics, drift and data-quality counts
+are computed off the request path by :class:`~otel_ml.aggregator.Aggregator`. A call whose trace is not
+sampled gets no span and no attribute is computed for it.
 
 Every failure inside otel-ml is caught here, counted in ``ml.instrumentation.errors`` and logged once
 per place and exception type; the user's call and its exception are never altered.
@@ -46,52 +47,58 @@ ACTIVE: contextvars.ContextVar[Call | Step | None] = contextvars.ContextVar("ote
 WRAPPING: contextvars.ContextVar[bool] = contextvars.ContextVar("otel_ml_wrapping", default=True)
 
 
-class Call:
-    """An outermost model call in progress (also the parent of its steps' child spans).
+class Call(Observation):
+    """An outermost model call: the :class:`Observation` it becomes, plus what it needs while it runs.
 
     A model that calls other models (``state.composite``: pipelines, column transformers, searches,
     calibration, voting, stacking) gets its span before the call, so that its steps' spans can be its
     children. Any other model gets its span after the call, with an explicit start time and every
-    attribute at once: the cheapest way through the SDK.
+    attribute at once: the cheapest way through the SDK. The finished call itself is what the listeners
+    and the aggregator receive (``model`` is its :class:`~otel_ml.model_state.ModelState`).
     """
 
-    __slots__ = ("model", "state", "operation", "span", "inputs", "targets", "n_rows", "start", "start_ns",
-                 "children", "_context", "validation", "table", "unsampled_parent")
+    __slots__ = ("estimator", "span", "targets", "start", "start_ns", "children", "_context", "unsampled_parent")
 
-    def __init__(self, model: Any, state: ModelState, operation: str, inputs: Any, n_rows: int,
-                 unsampled_parent: Any = None) -> None:
-        self.model, self.state, self.operation = model, state, operation
-        self.inputs, self.n_rows = inputs, n_rows
+    def __init__(self, estimator: Any, state: ModelState, operation: str, inputs: Any, n_rows: int,
+                 unsampled_parent: Any = None, table_max_rows: int | None = None) -> None:
+        super().__init__(state, operation, inputs, None, 0.0, n_rows, None, table_max_rows=table_max_rows,
+                         trace_id=unsampled_parent.trace_id if unsampled_parent is not None else 0)
+        self.estimator = estimator
         self.span: Any = None  # set before the call for composites, after it otherwise
         self.targets: Any = None  # y of a training call
         self.children = 0
         self._context = None
-        self.validation = None
-        self.table: frame.Table | None = None
         # the active span's context when its trace is not sampled and this call's span would be dropped
         # too: then no span is made at all (metrics, drift and validation still count the call)
         self.unsampled_parent = unsampled_parent
         self.start_ns = time.time_ns()
         self.start = time.perf_counter_ns()
 
-    def finish_times(self) -> tuple[float, int]:
-        """(duration in seconds, end time in ns since the epoch) of the call, measured now."""
+    def finish_times(self) -> tuple[int, float]:
+        """Set ``duration`` (seconds) now; return the end time (ns since the epoch) for the span."""
         elapsed = time.perf_counter_ns() - self.start
-        return elapsed / 1e9, self.start_ns + elapsed
+        self.duration = elapsed / 1e9
+        return self.start_ns + elapsed
 
     def context(self) -> Any:
         if self._context is None:
             self._context = trace.set_span_in_context(self.span)
         return self._context
 
+    def release(self) -> None:
+        """Drop the span objects once the span has ended (the call waits in the aggregator's queue)."""
+        if self.span is not None:
+            self._span_context = self.span.get_span_context()
+        self.span = self._context = None
+
 
 class Step:
     """A model call inside another (a pipeline step): a child span, nothing else."""
 
-    __slots__ = ("model", "span", "parent", "_context")
+    __slots__ = ("estimator", "span", "parent", "_context")
 
-    def __init__(self, model: Any, span: Any, parent: Call) -> None:
-        self.model, self.span, self.parent = model, span, parent
+    def __init__(self, estimator: Any, span: Any, parent: Call) -> None:
+        self.estimator, self.span, self.parent = estimator, span, parent
         self._context = None
 
     @property
@@ -232,21 +239,21 @@ class Telemetry:
             if parent.is_valid and not parent.trace_flags.sampled:
                 unsampled_parent = parent
         call = Call(model, state, operation, inputs, frame.n_rows_of(inputs) if inputs is not None else 0,
-                    unsampled_parent)
+                    unsampled_parent, self.config.summary_max_rows)
         if state.composite and unsampled_parent is None:
             call.span = self._start_span(call, self._start_attributes(call), call.start_ns)
         if state.validator is not None and operation not in TRAINING and inputs is not None:
-            call.table = frame.as_table(inputs, frame.feature_names_of(inputs) or state.feature_names,
-                                        max_rows=self.config.summary_max_rows)
+            call._table = frame.as_table(inputs, frame.feature_names_of(inputs) or state.feature_names,
+                                         max_rows=self.config.summary_max_rows)
             try:
-                call.validation = state.validator.check(call.table)
+                call.validation = state.validator.check(call._table)
             except self.passthrough_errors as exc:  # strict mode: the span records why, the caller gets it
                 self.fail(call, exc)
                 raise
         return call
 
     def _start_attributes(self, call: Call) -> dict:
-        _, attributes, _ = call.state.operation(call.operation)
+        _, attributes, _ = call.model.operation(call.operation)
         attributes = dict(attributes)
         attributes[semconv.INPUT_ROWS] = call.n_rows
         if call.inputs is not None:
@@ -254,41 +261,42 @@ class Telemetry:
         return attributes
 
     def _start_span(self, call: Call, attributes: dict, start_ns: int) -> Any:
-        span_name = call.state.operation(call.operation)[0]
+        span_name = call.model.operation(call.operation)[0]
         return self.tracer.start_span(span_name, kind=SpanKind.INTERNAL, attributes=attributes,
                                       start_time=start_ns)
 
     def end(self, call: Call, output: Any) -> None:
-        duration, end_ns = call.finish_times()
+        end_ns = call.finish_times()
+        call.output = output
         span = call.span
         try:
-            observation = self._observation(call, output, duration, None)
             if call.unsampled_parent is None:
                 if span is None:  # a leaf model: one span with every attribute, after the fact
                     attributes = self._start_attributes(call)
-                    attributes.update(self._span_attributes(call, observation))
+                    attributes.update(self._span_attributes(call))
                     span = call.span = self._start_span(call, attributes, call.start_ns)
-                    observation._span_context = span.get_span_context()
                 elif span.is_recording():
-                    span.set_attributes(self._span_attributes(call, observation))
+                    span.set_attributes(self._span_attributes(call))
+                call._span_context = span.get_span_context()
                 if span.is_recording():
                     if call.operation not in TRAINING:  # the id names the span: known only once it exists
-                        span.set_attribute(semconv.PREDICTION_ID, observation.row_id(0))
+                        span.set_attribute(semconv.PREDICTION_ID, call.row_id(0))
                     self._add_events(call, span)
-            self._publish(observation)
+            self._publish(call)
         except Exception as exc:
             self.internal_error("end", exc)
         finally:
             if span is not None:
                 span.end(end_time=end_ns)
+                call.release()
         if call.operation in TRAINING:
             self._after_fit(call)
 
     def fail(self, call: Call, exc: BaseException) -> None:
-        duration, end_ns = call.finish_times()
+        end_ns = call.finish_times()
         span = call.span
         try:
-            kind = error_type(exc)
+            kind = call.error_type = error_type(exc)
             if call.unsampled_parent is None:
                 if span is None:
                     attributes = self._start_attributes(call)
@@ -296,23 +304,17 @@ class Telemetry:
                     span = call.span = self._start_span(call, attributes, call.start_ns)
                 else:
                     span.set_attribute(semconv.ERROR_TYPE, kind)
+                call._span_context = span.get_span_context()
                 if span.is_recording():
                     self._record_error(span, exc, kind)
                     self._add_events(call, span)
-            observation = self._observation(call, None, duration, kind)
-            self._publish(observation)
+            self._publish(call)
         except Exception as inner:
             self.internal_error("fail", inner)
         finally:
             if span is not None:
                 span.end(end_time=end_ns)
-
-    def _observation(self, call: Call, output: Any, duration: float, kind: str | None) -> Observation:
-        span = call.span
-        return Observation(call.state, call.operation, call.inputs, output, duration, call.n_rows, kind,
-                           span.get_span_context() if span is not None else None, call.validation, call.table,
-                           self.config.summary_max_rows,
-                           trace_id=call.unsampled_parent.trace_id if call.unsampled_parent is not None else 0)
+                call.release()
 
     def _publish(self, observation: Observation) -> None:
         for listener in self.listeners:
@@ -334,19 +336,19 @@ class Telemetry:
                     value = violation.value
                     attributes[semconv.FEATURE_VALUE] = value if isinstance(value, (int, float, str)) else str(value)
                 span.add_event(semconv.EVENT_VALIDATION_VIOLATION, attributes)
-        event = call.state.pending_drift_event
+        event = call.model.pending_drift_event
         if event is not None:
-            call.state.pending_drift_event = None
+            call.model.pending_drift_event = None
             span.add_event(semconv.EVENT_DRIFT_WINDOW, event)
 
-    def _span_attributes(self, call: Call, observation: Observation) -> dict:
-        state, config = call.state, self.config
-        attributes = prediction_attributes(observation, config.max_classes)
+    def _span_attributes(self, call: Call) -> dict:
+        state, config = call.model, self.config
+        attributes = prediction_attributes(call, config.max_classes)
         if state.drift is not None:
             attributes[semconv.DRIFT_DETECTED] = state.drift_detected
         if (config.feature_summaries and call.n_rows >= config.summary_min_rows and call.inputs is not None
                 and call.operation != "score"):
-            table = observation.table()
+            table = call.table()
             if table is not None:
                 attributes.update(self._feature_attributes(table))
         return attributes
@@ -394,13 +396,13 @@ class Telemetry:
         The baseline's score distribution comes from the fitted model's own predictions on (at most
         ``CAPTURE_SCORE_ROWS`` evenly spaced rows of) the training data, computed without spans.
         """
-        self.states.forget(call.model)
+        self.states.forget(call.estimator)
         if not (self.config.capture_baseline and call.inputs is not None and call.operation != "partial_fit"):
             return
         token = WRAPPING.set(False)  # calls below are part of this fit: no spans, no observations
         try:
-            scores = _training_scores(call.model, call.inputs)
-            self.aggregator.capture_baseline(call.model, call.inputs, call.targets, scores)
+            scores = _training_scores(call.estimator, call.inputs)
+            self.aggregator.capture_baseline(call.estimator, call.inputs, call.targets, scores)
         except Exception as exc:
             self.internal_error("capture_baseline", exc)
         finally:

@@ -22,8 +22,8 @@ A call inside another model call on the same object (``predict`` calling ``predi
 of the outer span; a call on another object (a pipeline's steps, a search's candidates) is a child
 span of it, up to ``OTEL_ML_MAX_CHILD_SPANS``. Inside a model without steps (any other estimator,
 forests included), inner model calls are part of the call and skip otel-ml's wrapper in wrapt's C code;
-work a call hands to joblib's worker threads or processes stays part of it. Every setting is an ``OTEL_ML_*`` variable, see
-:mod:`otel_ml.config` and ``docs/configuration.md``.
+work a call hands to joblib's worker threads or processes stays part of it. Every setting is an
+``OTEL_ML_*`` variable, see :mod:`otel_ml.config` and ``docs/configuration.md``.
 
 ``instrument()`` accepts ``tracer_provider``, ``metric_exporter`` (tests) and ``config`` (a
 :class:`otel_ml.config.Config`); ``uninstrument()`` restores every patched method and loader.
@@ -123,7 +123,7 @@ class _Patcher:
             active = ACTIVE.get()
             if active is None:
                 return self._outer(wrapped, instance, method, args, kwargs)
-            if active.model is instance:  # a model with steps calling its own methods: part of its span
+            if active.estimator is instance:  # a model with steps calling its own methods: part of its span
                 return wrapped(*args, **kwargs)
             return self._step(active, wrapped, instance, method, args, kwargs)
 
