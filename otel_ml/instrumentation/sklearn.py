@@ -87,6 +87,19 @@ class _PartOfCall:
         return getattr(self.function, name)
 
 
+class _MethodWrapper(wrapt.FunctionWrapper):
+    """wrapt's wrapper of a patched method that, while inner model calls skip otel-ml (``WRAPPING`` is
+    False), hands out the plain method instead of a bound proxy: inside a forest's call, each tree's
+    ``predict_proba`` is bound and copied by scikit-learn's ``delayed`` as if nothing were patched."""
+
+    def __get__(self, instance: Any, owner: Any = None) -> Any:
+        if WRAPPING.get():
+            return super().__get__(instance, owner)
+        wrapped = self.__wrapped__
+        get = getattr(type(wrapped), "__get__", None)
+        return wrapped if get is None else get(wrapped, instance, owner)
+
+
 def _runs_in_this_thread(parallel: Any) -> bool:
     """Whether a ``joblib.Parallel`` runs its tasks one after the other in the calling thread (one job:
     scikit-learn's default), where they see the call's context without help."""
@@ -192,8 +205,7 @@ class _Patcher:
                     if not (callable(original) or hasattr(original, "__get__")):
                         continue
                     try:
-                        setattr(klass, name, wrapt.FunctionWrapper(original, self._wrappers[name],
-                                                                   enabled=WRAPPING.get))
+                        setattr(klass, name, _MethodWrapper(original, self._wrappers[name], enabled=WRAPPING.get))
                     except (TypeError, AttributeError):  # a class that refuses new attributes
                         continue
                     self._patched.append((klass, name, original))
