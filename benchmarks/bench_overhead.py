@@ -1,6 +1,7 @@
 """Per-call overhead of otel-ml against a plain call and a bare OpenTelemetry span, side by side.
 
     python benchmarks/bench_overhead.py [--rounds 15] [--block-ms 150] [--json benchmarks/results/overhead.json]
+    python benchmarks/bench_overhead.py --models RandomForest --rows 10000 --rounds 40 --json /tmp/rf.json
 
 Models: LogisticRegression and RandomForestClassifier(100) fitted on scikit-learn's bundled
 breast-cancer data; ``predict_proba`` on batches of 1, 100 and 10,000 rows (rows drawn with
@@ -156,10 +157,14 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--block-ms", type=float, default=150.0, help="length of one variant's block of calls")
     parser.add_argument("--json", type=Path, default=Path(__file__).parent / "results" / "overhead.json")
     parser.add_argument("--quick", action="store_true", help="3 rounds of short blocks (smoke run)")
+    parser.add_argument("--models", default="", help="only models whose name starts with one of these (comma list)")
+    parser.add_argument("--rows", default="", help="only these batch sizes (comma list)")
     args = parser.parse_args(argv)
     rounds = 3 if args.quick else args.rounds
     bench = Bench((20.0 if args.quick else args.block_ms) / 1000.0)
-    results = {name: {n: bench.cell(name, n, rounds) for n in BATCHES} for name in bench.models}
+    models = [m for m in bench.models if not args.models or m.startswith(tuple(args.models.split(",")))]
+    batches = [n for n in BATCHES if not args.rows or str(n) in args.rows.split(",")]
+    results = {name: {n: bench.cell(name, n, rounds) for n in batches} for name in models}
     report = _report(results)
     report["environment"] = {
         "python": platform.python_version(), "sklearn": sklearn.__version__, "numpy": np.__version__,
