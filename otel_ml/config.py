@@ -37,35 +37,42 @@ def _bool(raw: str) -> bool:
     raise ValueError("expected true or false")
 
 
-def _int_at_least(minimum: int) -> Callable[[str], int]:
-    def parse(raw: str) -> int:
+def int_at_least(minimum: int) -> Callable[[Any], int]:
+    """A parser of integers >= ``minimum``, from an environment string or a config file's value.
+
+    >>> int_at_least(2)("5"), int_at_least(2)(7)
+    (5, 7)
+    """
+    def parse(raw: Any) -> int:
         try:
             value = int(raw)
-        except ValueError:
+        except (TypeError, ValueError):
             value = minimum - 1
-        if value < minimum:
+        if value < minimum or isinstance(raw, bool):
             raise ValueError(f"expected an integer >= {minimum}")
         return value
 
     return parse
 
 
-def _fraction(raw: str) -> float:
+def fraction(raw: Any) -> float:
+    """A number from 0 to 1, from an environment string or a config file's value."""
     try:
         value = float(raw)
-    except ValueError:
+    except (TypeError, ValueError):
         value = -1.0
-    if not 0.0 <= value <= 1.0:
+    if not 0.0 <= value <= 1.0 or isinstance(raw, bool):
         raise ValueError("expected a number from 0 to 1")
     return value
 
 
-def _positive_float(raw: str) -> float:
+def positive_float(raw: Any) -> float:
+    """A number > 0, from an environment string or a config file's value."""
     try:
         value = float(raw)
-    except ValueError:
+    except (TypeError, ValueError):
         value = -1.0
-    if value <= 0:
+    if value <= 0 or isinstance(raw, bool):
         raise ValueError("expected a number > 0")
     return value
 
@@ -120,57 +127,57 @@ VARIABLES: tuple[Variable, ...] = (
              "Comma-separated training methods to instrument when training is enabled."),
     Variable("OTEL_ML_FEATURE_SUMMARIES", "feature_summaries", True, _bool,
              "Put per-feature summaries (count, missing, mean, std) on spans of large enough batches."),
-    Variable("OTEL_ML_SUMMARY_MIN_ROWS", "summary_min_rows", 10, _int_at_least(2),
+    Variable("OTEL_ML_SUMMARY_MIN_ROWS", "summary_min_rows", 10, int_at_least(2),
              "Smallest batch that gets per-feature summaries: below it a summary would reveal rows."),
-    Variable("OTEL_ML_MAX_FEATURES", "max_features", 32, _int_at_least(1),
+    Variable("OTEL_ML_MAX_FEATURES", "max_features", 32, int_at_least(1),
              "Most features named in span arrays and metric attributes; the rest are counted, not named."),
-    Variable("OTEL_ML_MAX_CLASSES", "max_classes", 32, _int_at_least(1),
+    Variable("OTEL_ML_MAX_CLASSES", "max_classes", 32, int_at_least(1),
              "Most class labels used as metric attribute values; further labels are reported as 'other'."),
-    Variable("OTEL_ML_SUMMARY_MAX_ROWS", "summary_max_rows", 1000, _int_at_least(10),
+    Variable("OTEL_ML_SUMMARY_MAX_ROWS", "summary_max_rows", 1000, int_at_least(10),
              "Batches larger than this are summarised (means, bins, validation) on an evenly spaced sample "
              "of this many rows; row counts, class counts and scores stay exact."),
     Variable("OTEL_ML_CAPTURE_RAW", "capture_raw", False, _bool,
              "Opt in to raw feature values (min/max, violating values, prediction-record inputs)."),
     Variable("OTEL_ML_MASK_FEATURES", "mask_features", (), _names,
              "Features masked even when raw capture is on (comma-separated)."),
-    Variable("OTEL_ML_MAX_CHILD_SPANS", "max_child_spans", 64, _int_at_least(0),
+    Variable("OTEL_ML_MAX_CHILD_SPANS", "max_child_spans", 64, int_at_least(0),
              "Most child spans (pipeline steps, search-CV fits) under one outer model span."),
     Variable("OTEL_ML_BASELINE_PATH", "baseline_path", None, _text,
              "Baseline JSON file (default: <model file stem>.baseline.json next to the model file)."),
     Variable("OTEL_ML_CAPTURE_BASELINE", "capture_baseline", False, _bool,
              "Capture a baseline from the training data when fit runs, stored inside the fitted model."),
-    Variable("OTEL_ML_BASELINE_BINS", "baseline_bins", 10, _int_at_least(2),
+    Variable("OTEL_ML_BASELINE_BINS", "baseline_bins", 10, int_at_least(2),
              "Quantile bins per numeric feature of a baseline captured at fit."),
-    Variable("OTEL_ML_BASELINE_TOP_K", "baseline_top_k", 20, _int_at_least(1),
+    Variable("OTEL_ML_BASELINE_TOP_K", "baseline_top_k", 20, int_at_least(1),
              "Categories kept per categorical feature of a baseline captured at fit (the rest: __other__)."),
-    Variable("OTEL_ML_DRIFT_WINDOW_ROWS", "drift_window_rows", 1000, _int_at_least(10),
+    Variable("OTEL_ML_DRIFT_WINDOW_ROWS", "drift_window_rows", 1000, int_at_least(10),
              "Rows in a drift window; a window also closes after OTEL_ML_DRIFT_WINDOW_SECONDS."),
-    Variable("OTEL_ML_DRIFT_WINDOW_SECONDS", "drift_window_seconds", 300.0, _positive_float,
+    Variable("OTEL_ML_DRIFT_WINDOW_SECONDS", "drift_window_seconds", 300.0, positive_float,
              "Seconds after which a drift window with at least OTEL_ML_DRIFT_MIN_ROWS rows closes."),
-    Variable("OTEL_ML_DRIFT_MIN_ROWS", "drift_min_rows", 100, _int_at_least(1),
+    Variable("OTEL_ML_DRIFT_MIN_ROWS", "drift_min_rows", 100, int_at_least(1),
              "Fewest rows a time-closed window needs to be scored."),
-    Variable("OTEL_ML_DRIFT_THRESHOLD_PSI", "drift_threshold_psi", 0.1, _positive_float,
+    Variable("OTEL_ML_DRIFT_THRESHOLD_PSI", "drift_threshold_psi", 0.1, positive_float,
              "PSI above which a feature counts as drifted."),
-    Variable("OTEL_ML_DRIFT_THRESHOLD_JS", "drift_threshold_js", 0.1, _positive_float,
+    Variable("OTEL_ML_DRIFT_THRESHOLD_JS", "drift_threshold_js", 0.1, positive_float,
              "Jensen-Shannon distance above which a feature counts as drifted."),
-    Variable("OTEL_ML_DRIFT_THRESHOLD_WASSERSTEIN", "drift_threshold_wasserstein", 0.1, _positive_float,
+    Variable("OTEL_ML_DRIFT_THRESHOLD_WASSERSTEIN", "drift_threshold_wasserstein", 0.1, positive_float,
              "Normalised Wasserstein distance above which a feature counts as drifted."),
     Variable("OTEL_ML_DRIFT_ALERT_ON_PVALUE", "drift_alert_on_pvalue", False, _bool,
              "Also flag drift when a KS / chi-square p-value is below OTEL_ML_DRIFT_PVALUE."),
-    Variable("OTEL_ML_DRIFT_PVALUE", "drift_pvalue", 0.05, _fraction,
+    Variable("OTEL_ML_DRIFT_PVALUE", "drift_pvalue", 0.05, fraction,
              "p-value threshold used when OTEL_ML_DRIFT_ALERT_ON_PVALUE is on."),
-    Variable("OTEL_ML_DRIFT_SHARE_THRESHOLD", "drift_share_threshold", 0.5, _fraction,
+    Variable("OTEL_ML_DRIFT_SHARE_THRESHOLD", "drift_share_threshold", 0.5, fraction,
              "Share of drifted features at or above which the dataset counts as drifted."),
     Variable("OTEL_ML_DRIFT_METHODS", "drift_methods", DRIFT_METHODS, _choices(DRIFT_METHODS, "drift method"),
              "Distances that flag a feature as drifted (all are computed and exported)."),
     Variable("OTEL_ML_VALIDATION_STRICT", "validation_strict", False, _bool,
              "Raise InputValidationError before the model runs when an input violates the baseline."),
-    Variable("OTEL_ML_VALIDATION_RANGE_MARGIN", "validation_range_margin", 0.1, _fraction,
+    Variable("OTEL_ML_VALIDATION_RANGE_MARGIN", "validation_range_margin", 0.1, fraction,
              "A value is out of range when it lies beyond the baseline's min/max by more than this share "
              "of the baseline's range."),
-    Variable("OTEL_ML_VALIDATION_COMPLETENESS_TOLERANCE", "validation_completeness_tolerance", 0.05, _fraction,
+    Variable("OTEL_ML_VALIDATION_COMPLETENESS_TOLERANCE", "validation_completeness_tolerance", 0.05, fraction,
              "Completeness may fall this far below the baseline's before it is a violation."),
-    Variable("OTEL_ML_MAX_VIOLATION_EVENTS", "max_violation_events", 5, _int_at_least(0),
+    Variable("OTEL_ML_MAX_VIOLATION_EVENTS", "max_violation_events", 5, int_at_least(0),
              "Most validation-violation span events on one span."),
     Variable("OTEL_ML_PREDICT_ROUTES", "predict_routes", (), _names,
              "Flask routes (url rules, comma-separated) treated as predict routes even before they call a model."),
@@ -178,13 +185,13 @@ VARIABLES: tuple[Variable, ...] = (
              "Response header carrying the prediction id(s) of a predict request; 'none' disables it."),
     Variable("OTEL_ML_PREDICTION_ID_FIELD", "prediction_id_field", "prediction_id", _name_or_none,
              "JSON field added to JSON-object predict responses with the prediction id(s); 'none' disables it."),
-    Variable("OTEL_ML_PREDICTION_RECORDS_RATE", "prediction_records_rate", 0.0, _fraction,
+    Variable("OTEL_ML_PREDICTION_RECORDS_RATE", "prediction_records_rate", 0.0, fraction,
              "Share of predictions emitted as prediction-record log records (0 disables)."),
-    Variable("OTEL_ML_OUTCOME_MAX_PENDING", "outcome_max_pending", 100_000, _int_at_least(1),
+    Variable("OTEL_ML_OUTCOME_MAX_PENDING", "outcome_max_pending", 100_000, int_at_least(1),
              "Most recent prediction rows kept in memory to join with outcomes in process."),
-    Variable("OTEL_ML_OUTCOME_MAX_AGE_SECONDS", "outcome_max_age_seconds", 86_400.0, _positive_float,
+    Variable("OTEL_ML_OUTCOME_MAX_AGE_SECONDS", "outcome_max_age_seconds", 86_400.0, positive_float,
              "Oldest prediction (seconds) still joined with an arriving outcome in process."),
-    Variable("OTEL_ML_PERFORMANCE_WINDOW", "performance_window", 1000, _int_at_least(1),
+    Variable("OTEL_ML_PERFORMANCE_WINDOW", "performance_window", 1000, int_at_least(1),
              "Joined outcomes in the in-process performance window."),
 )
 

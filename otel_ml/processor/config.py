@@ -24,6 +24,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from otel_ml.config import int_at_least, positive_float
+
 CONFIG_ENV = "OTEL_ML_PROCESSOR_CONFIG"
 DEFAULT_GRPC_ENDPOINT = "127.0.0.1:4717"
 DEFAULT_HTTP_ENDPOINT = "127.0.0.1:4718"
@@ -78,39 +80,6 @@ def _size(raw: Any) -> int:
         value = int(m.group(1)) * _SIZES[m.group(2) or ""]
     if value < 1:
         raise ValueError("expected a size >= 1 byte")
-    return value
-
-
-def _int_at_least(minimum: int) -> Callable[[Any], int]:
-    def parse(raw: Any) -> int:
-        try:
-            value = int(raw)
-        except (TypeError, ValueError):
-            value = minimum - 1
-        if value < minimum or isinstance(raw, bool):
-            raise ValueError(f"expected an integer >= {minimum}")
-        return value
-
-    return parse
-
-
-def _positive_float(raw: Any) -> float:
-    try:
-        value = float(raw)
-    except (TypeError, ValueError):
-        value = -1.0
-    if value <= 0:
-        raise ValueError("expected a number > 0")
-    return value
-
-
-def _fraction(raw: Any) -> float:
-    try:
-        value = float(raw)
-    except (TypeError, ValueError):
-        value = -1.0
-    if not 0 <= value <= 1:
-        raise ValueError("expected a number from 0 to 1")
     return value
 
 
@@ -192,14 +161,14 @@ FIELDS: tuple[Field, ...] = (
           _optional_str, "OTLP/HTTP listen address; also serves /health and /status"),
     Field("max_request_bytes", "receivers.max_request_bytes", "OTEL_ML_PROCESSOR_MAX_REQUEST_BYTES", 16 * 1024**2,
           _size, "largest request accepted, after decompression (gRPC RESOURCE_EXHAUSTED / HTTP 413 above)"),
-    Field("max_inflight", "limits.max_inflight_requests", "OTEL_ML_PROCESSOR_MAX_INFLIGHT", 2, _int_at_least(1),
+    Field("max_inflight", "limits.max_inflight_requests", "OTEL_ML_PROCESSOR_MAX_INFLIGHT", 2, int_at_least(1),
           "requests processed at once; others wait for queue_wait, then are refused with UNAVAILABLE / 503"),
     Field("queue_wait", "limits.queue_wait", "OTEL_ML_PROCESSOR_QUEUE_WAIT", 0.5, parse_duration,
           "how long a request may wait for a processing slot"),
     Field("retry_after", "limits.retry_after", "OTEL_ML_PROCESSOR_RETRY_AFTER", 2.0, parse_duration,
           "back-off asked of clients when overloaded (Retry-After, gRPC RetryInfo)"),
     Field("max_connections", "limits.max_http_connections", "OTEL_ML_PROCESSOR_MAX_HTTP_CONNECTIONS", 64,
-          _int_at_least(1), "open HTTP connections; more are answered 503 and closed"),
+          int_at_least(1), "open HTTP connections; more are answered 503 and closed"),
     Field("export_endpoint", "export.endpoint", "OTEL_ML_PROCESSOR_EXPORT_ENDPOINT", None, _optional_str,
           "OTLP endpoint for derived metrics (default: the SDK's OTEL_EXPORTER_OTLP_* variables; 'none': off)"),
     Field("export_protocol", "export.protocol", "OTEL_ML_PROCESSOR_EXPORT_PROTOCOL", "grpc",
@@ -220,15 +189,15 @@ FIELDS: tuple[Field, ...] = (
           "time resolution of drift windows"),
     Field("drift_methods", "drift.methods", "OTEL_ML_PROCESSOR_DRIFT_METHODS", ("psi", "jensen_shannon"),
           _methods, "distances computed per feature"),
-    Field("threshold_psi", "drift.thresholds.psi", "OTEL_ML_PROCESSOR_THRESHOLD_PSI", 0.1, _positive_float,
+    Field("threshold_psi", "drift.thresholds.psi", "OTEL_ML_PROCESSOR_THRESHOLD_PSI", 0.1, positive_float,
           "a feature counts as drifted in ml.fleet.drift.share at PSI >= this"),
     Field("threshold_js", "drift.thresholds.jensen_shannon", "OTEL_ML_PROCESSOR_THRESHOLD_JS", 0.1,
-          _positive_float, "same for the Jensen-Shannon distance"),
-    Field("drift_min_rows", "drift.min_rows", "OTEL_ML_PROCESSOR_DRIFT_MIN_ROWS", 100, _int_at_least(1),
+          positive_float, "same for the Jensen-Shannon distance"),
+    Field("drift_min_rows", "drift.min_rows", "OTEL_ML_PROCESSOR_DRIFT_MIN_ROWS", 100, int_at_least(1),
           "fewest rows in a window for a feature's drift to be reported"),
     Field("series_ttl", "drift.series_ttl", "OTEL_ML_PROCESSOR_SERIES_TTL", 6 * 3600.0, parse_duration,
           "a counter series not seen for this long is forgotten (its counts stay in the windows)"),
-    Field("max_series", "drift.max_series", "OTEL_ML_PROCESSOR_MAX_SERIES", 500_000, _int_at_least(1),
+    Field("max_series", "drift.max_series", "OTEL_ML_PROCESSOR_MAX_SERIES", 500_000, int_at_least(1),
           "counter series tracked at most; data points of further series are dropped (reason series_limit)"),
     Field("performance_windows", "performance.windows", "OTEL_ML_PROCESSOR_PERFORMANCE_WINDOWS",
           (86400.0, 7 * 86400.0), _durations, "performance windows, over prediction time"),
@@ -241,13 +210,13 @@ FIELDS: tuple[Field, ...] = (
     Field("performance_interval", "performance.interval", "OTEL_ML_PROCESSOR_PERFORMANCE_INTERVAL", 30.0,
           parse_duration, "shortest time between two recomputations of a model version's performance (each "
           "reads the window's rows from the store)"),
-    Field("min_pairs", "performance.min_pairs", "OTEL_ML_PROCESSOR_MIN_PAIRS", 1, _int_at_least(1),
+    Field("min_pairs", "performance.min_pairs", "OTEL_ML_PROCESSOR_MIN_PAIRS", 1, int_at_least(1),
           "fewest joined pairs in a window for realised performance to be reported"),
     Field("baselines", "performance.baselines", "OTEL_ML_PROCESSOR_BASELINES", {}, _baselines,
           "model name -> baseline JSON with a calibration table, for the estimate (optional)"),
     Field("store_path", "store.path", "OTEL_ML_PROCESSOR_STORE_PATH", "otel-ml-processor.db", _str,
           "SQLite file (':memory:' keeps nothing across restarts)"),
-    Field("max_rows", "store.max_rows", "OTEL_ML_PROCESSOR_STORE_MAX_ROWS", 2_000_000, _int_at_least(100),
+    Field("max_rows", "store.max_rows", "OTEL_ML_PROCESSOR_STORE_MAX_ROWS", 2_000_000, int_at_least(100),
           "predictions + waiting outcomes kept at most; the oldest predictions are evicted first"),
     Field("synchronous", "store.synchronous", "OTEL_ML_PROCESSOR_STORE_SYNCHRONOUS", "normal",
           _choice("normal", "full"), "SQLite synchronous mode (normal: safe against process crashes, full: "
