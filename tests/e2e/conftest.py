@@ -31,25 +31,25 @@ HEALTH = {
 }
 
 
-def _unhealthy() -> list[str]:
+def require_healthy(health: dict[str, str], what: str) -> None:
+    """Fail (under CI) or skip unless every component's health URL answers 200."""
     down = []
-    for name, url in HEALTH.items():
+    for name, url in health.items():
         try:
             if requests.get(url, timeout=2).status_code != 200:
                 down.append(name)
         except requests.RequestException:
             down.append(name)
-    return down
+    if down:
+        message = f"{what} not running ({', '.join(down)}): run scripts/stack.sh start"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
 
 
 @pytest.fixture(scope="session")
 def stack() -> None:
-    down = _unhealthy()
-    if down:
-        message = f"collector stack not running ({', '.join(down)}): run scripts/stack.sh start"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message)
-        pytest.skip(message)
+    require_healthy(HEALTH, "collector stack")
 
 
 def wait_for(probe: Callable[[], Any], timeout: float = 60, interval: float = 1.0, what: str = "") -> Any:

@@ -52,7 +52,7 @@ from otel_ml.baseline import Baseline
 from otel_ml.drift import jensen_shannon, psi
 from otel_ml.frame import as_table
 
-from .conftest import ROOT, instrumented_env, launcher, prom_query, unique_service
+from .conftest import ROOT, instrumented_env, launcher, prom_query, require_healthy, unique_service
 
 pytestmark = pytest.mark.e2e
 
@@ -82,18 +82,7 @@ SETTLE_TIMEOUT = 120  # seconds for the last data to show in Prometheus
 # -- fixtures -------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def tier(stack) -> None:
-    down = []
-    for name, url in TIER_HEALTH.items():
-        try:
-            if requests.get(url, timeout=2).status_code != 200:
-                down.append(name)
-        except requests.RequestException:
-            down.append(name)
-    if down:
-        message = f"processor tier not running ({', '.join(down)}): run scripts/stack.sh start"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message)
-        pytest.skip(message)
+    require_healthy(TIER_HEALTH, "processor tier")
 
 
 def _datasets() -> dict:
