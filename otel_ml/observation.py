@@ -78,7 +78,8 @@ class Observation:
     """One outermost model call."""
 
     __slots__ = ("model", "operation", "inputs", "output", "duration", "n_rows", "error_type", "validation",
-                 "_span_context", "_trace_id", "_prediction_id", "_predictions", "_table", "_table_max_rows")
+                 "_span_context", "_trace_id", "_prediction_id", "_predictions", "_table", "_table_max_rows",
+                 "span_summary")
 
     def __init__(self, model: Any, operation: str, inputs: Any, output: Any, duration: float, n_rows: int,
                  error_type: str | None, span_context: Any = None, validation: Any = None,
@@ -97,6 +98,7 @@ class Observation:
         self._predictions: Predictions | None = None
         self._table = table
         self._table_max_rows = table_max_rows
+        self.span_summary: dict | None = None  # the predictions' span attributes, once read (model and server span)
 
     @property
     def prediction_id(self) -> str:

@@ -241,7 +241,7 @@ class Telemetry:
         call = Call(model, state, operation, inputs, frame.n_rows_of(inputs) if inputs is not None else 0,
                     unsampled_parent, self.config.summary_max_rows)
         if state.composite and unsampled_parent is None:
-            call.span = self._start_span(call, self._start_attributes(call), call.start_ns)
+            call.span = self._start_span(call, self._start_attributes(call))
         if state.validator is not None and operation not in TRAINING and inputs is not None:
             call._table = frame.as_table(inputs, frame.feature_names_of(inputs) or state.feature_names,
                                          max_rows=self.config.summary_max_rows)
@@ -260,10 +260,10 @@ class Telemetry:
             attributes[semconv.INPUT_FEATURES] = frame.n_features_of(call.inputs)
         return attributes
 
-    def _start_span(self, call: Call, attributes: dict, start_ns: int) -> Any:
+    def _start_span(self, call: Call, attributes: dict) -> Any:
         span_name = call.model.operation(call.operation)[0]
         return self.tracer.start_span(span_name, kind=SpanKind.INTERNAL, attributes=attributes,
-                                      start_time=start_ns)
+                                      start_time=call.start_ns)
 
     def end(self, call: Call, output: Any) -> None:
         end_ns = call.finish_times()
@@ -274,7 +274,7 @@ class Telemetry:
                 if span is None:  # a leaf model: one span with every attribute, after the fact
                     attributes = self._start_attributes(call)
                     attributes.update(self._span_attributes(call))
-                    span = call.span = self._start_span(call, attributes, call.start_ns)
+                    span = call.span = self._start_span(call, attributes)
                 elif span.is_recording():
                     span.set_attributes(self._span_attributes(call))
                 call._span_context = span.get_span_context()
@@ -301,7 +301,7 @@ class Telemetry:
                 if span is None:
                     attributes = self._start_attributes(call)
                     attributes[semconv.ERROR_TYPE] = kind
-                    span = call.span = self._start_span(call, attributes, call.start_ns)
+                    span = call.span = self._start_span(call, attributes)
                 else:
                     span.set_attribute(semconv.ERROR_TYPE, kind)
                 call._span_context = span.get_span_context()
@@ -485,7 +485,15 @@ def _finite(value: float) -> float:
 
 def prediction_attributes(observation: Observation, max_classes: int) -> dict[str, Any]:
     """Span attributes summarising a call's predictions: the label, score and confidence of a single row;
-    class counts, lowest confidence and score statistics of a batch."""
+    class counts, lowest confidence and score statistics of a batch. Read once per call (the model span and
+    a Flask server span both show them); the caller gets its own copy."""
+    summary = observation.span_summary
+    if summary is None:
+        summary = observation.span_summary = _prediction_summary(observation, max_classes)
+    return dict(summary)
+
+
+def _prediction_summary(observation: Observation, max_classes: int) -> dict[str, Any]:
     if observation.output is None or observation.operation not in PREDICTING_OPERATIONS:
         return {}
     if observation.n_rows == 1:
