@@ -11,7 +11,8 @@ traffic.
 
 Counts are exact: rows, errors, predicted classes, prediction-score buckets and missing values are
 computed over every row of every call. Batches larger than ``OTEL_ML_SUMMARY_MAX_ROWS`` are validated,
-binned for drift and summarised on spans from an evenly spaced sample of that many rows.
+binned for drift and summarised on spans from an evenly spaced sample of that many rows (float arrays of
+up to ``STACK_LIMIT`` rows are binned whole, stacked with the group's other small arrays).
 """
 
 from __future__ import annotations
