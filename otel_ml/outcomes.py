@@ -408,6 +408,10 @@ class _PerformanceGauge(GaugeState):
 
 
 # -- the tracker attached to one Telemetry ------------------------------------------------------------------
+MAX_NAMED_MODELS = 100  # distinct ml.model.name values an outcome may bring into ml.outcome.count
+OTHER_MODEL = "__other__"
+
+
 class OutcomeTracker:
     """Recent predictions, outcome joins, performance windows and records of one instrumented process.
 
@@ -424,6 +428,7 @@ class OutcomeTracker:
         self.window_size = config.performance_window
         self._windows: dict[tuple, PerformanceWindow] = {}
         self._models: dict[tuple, Any] = {}  # metric key -> latest ModelState that predicted
+        self._named: set[str] = set()  # names given with outcomes of models that never predicted here
         self._lock = threading.Lock()
 
     @property
@@ -483,6 +488,12 @@ class OutcomeTracker:
         except Exception as exc:
             self._internal_error("outcome_record", exc)
         if telemetry is not None:
+            if named and named not in self._named:  # a client names these (Flask feedback): keep them few
+                with self._lock:
+                    if len(self._named) < MAX_NAMED_MODELS:
+                        self._named.add(named)
+                if named not in self._named:
+                    named = OTHER_MODEL
             identity = state.metric_key if state is not None else ((semconv.MODEL_NAME, named),) if named else ()
             key = identity + ((semconv.OUTCOME_JOINED, joined),)
             telemetry.store.counter(semconv.OUTCOME_COUNT, semconv.UNIT_OUTCOMES, OUTCOME_COUNT_DESCRIPTION).add(key, 1)

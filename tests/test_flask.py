@@ -20,7 +20,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from otel_ml import semconv, set_model_identity
+from otel_ml import outcomes, semconv, set_model_identity
 from otel_ml.instrumentation.flask import FlaskMLInstrumentor, register_feedback, set_input_error_type
 
 ID = r"[0-9a-f]{32}-[0-9a-f]{16}-\d+"
@@ -392,6 +392,11 @@ def test_feedback_names_the_model_of_an_outcome_from_another_replica(service, da
     (point,) = svc.metric(semconv.OUTCOME_COUNT)
     assert point.attributes[semconv.MODEL_NAME] == "churn" and point.attributes[semconv.OUTCOME_JOINED] is False
     assert svc.client.post("/feedback", json={"prediction_id": elsewhere, "actual": 1, "model": 3}).status_code == 400
+    # clients choose these names: beyond MAX_NAMED_MODELS they share one series
+    many = [{"prediction_id": elsewhere, "actual": 0, "model": f"m{i}"} for i in range(outcomes.MAX_NAMED_MODELS + 20)]
+    assert svc.client.post("/feedback", json=many).status_code == 200
+    names = {p.attributes[semconv.MODEL_NAME] for p in svc.metric(semconv.OUTCOME_COUNT)}
+    assert len(names) == outcomes.MAX_NAMED_MODELS + 1 and outcomes.OTHER_MODEL in names
 
 
 @pytest.mark.parametrize("body", [{"actual": 1}, {"prediction_id": "nope", "actual": 1},

@@ -22,7 +22,7 @@ A call inside another model call on the same object (``predict`` calling ``predi
 of the outer span; a call on another object (a pipeline's steps, a search's candidates) is a child
 span of it, up to ``OTEL_ML_MAX_CHILD_SPANS``. Inside a model without steps (any other estimator,
 forests included), inner model calls are part of the call and skip otel-ml's wrapper in wrapt's C code;
-work a call hands to joblib's worker threads or processes stays part of it. Every setting is an
+work a call hands to joblib's worker threads stays part of it. Every setting is an
 ``OTEL_ML_*`` variable, see :mod:`otel_ml.config` and ``docs/configuration.md``.
 
 ``instrument()`` accepts ``tracer_provider``, ``metric_exporter`` (tests) and ``config`` (a
@@ -61,9 +61,9 @@ def _inputs(args: tuple, kwargs: dict) -> Any:
 
 
 class _PartOfCall:
-    """A joblib task of a model call, run in whichever worker it lands as part of that call: under the
-    call's span when the call has one (a search's candidates become its child spans), with otel-ml's
-    wrappers off otherwise. Pickled for a process-based backend it keeps only the latter."""
+    """A joblib task of a model call, run in a worker thread as part of that call: under the call's span
+    when the call has one (a search's candidates become its child spans), with otel-ml's wrappers off
+    otherwise."""
 
     __slots__ = ("function", "parent")
 
@@ -77,9 +77,6 @@ class _PartOfCall:
             return self.function(*args, **kwargs)
         finally:
             marker.reset(token)
-
-    def __reduce__(self) -> tuple:
-        return _PartOfCall, (self.function, None)  # spans do not cross processes
 
     def __getattr__(self, name: str) -> Any:  # joblib reads a task's name for its logs
         if name.startswith("__"):
@@ -100,12 +97,13 @@ class _MethodWrapper(wrapt.FunctionWrapper):
         return wrapped if get is None else get(wrapped, instance, owner)
 
 
-def _runs_in_this_thread(parallel: Any) -> bool:
-    """Whether a ``joblib.Parallel`` runs its tasks one after the other in the calling thread (one job:
-    scikit-learn's default), where they see the call's context without help."""
+def _runs_in_worker_threads(parallel: Any) -> bool:
+    """Whether a ``joblib.Parallel`` hands its tasks to other threads of this process. One job (scikit-
+    learn's default) runs them in the calling thread, which keeps the call's context; worker processes
+    (loky) are not instrumented and are left alone, so no task gains a need to be picklable."""
     try:
-        return parallel._effective_n_jobs() == 1
-    except Exception:  # another joblib: assume workers
+        return bool(getattr(parallel._backend, "uses_threads", False)) and parallel._effective_n_jobs() != 1
+    except Exception:  # another joblib: leave its tasks as they are
         return False
 
 
@@ -258,9 +256,9 @@ class _Patcher:
 
     # -- joblib tasks of a model call -----------------------------------------------------------------
     def patch_parallel(self, module: Any) -> None:
-        """Carry "inside a model call" into the tasks a call hands to joblib (a forest's trees with
-        ``n_jobs``, a search's candidates): context variables do not follow work into joblib's worker
-        threads, where every tree would otherwise look like a model call of its own."""
+        """Carry "inside a model call" into the tasks a call hands to joblib's worker threads (a forest's
+        trees with ``n_jobs``, a search's candidates): context variables do not follow work there, where
+        every tree would otherwise look like a model call of its own."""
         parallel = getattr(module, "Parallel", None)
         original = getattr(parallel, "__dict__", {}).get("__call__")
         if original is None or isinstance(original, wrapt.FunctionWrapper):
@@ -268,8 +266,8 @@ class _Patcher:
 
         def dispatch(wrapped: Any, instance: Any, args: tuple, kwargs: dict) -> Any:
             wrapping, active = WRAPPING.get(), ACTIVE.get()
-            if not self.enabled or (wrapping and active is None) or _runs_in_this_thread(instance):
-                return wrapped(*args, **kwargs)  # the user's own joblib work, or tasks that keep the context
+            if not self.enabled or (wrapping and active is None) or not _runs_in_worker_threads(instance):
+                return wrapped(*args, **kwargs)  # the user's own joblib work, or tasks that need no help
             parent = active if wrapping else None
             if args:
                 args = (_part_of_call(args[0], parent), *args[1:])
