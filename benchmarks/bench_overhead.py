@@ -76,16 +76,18 @@ def _provider(sampler) -> TracerProvider:
     return provider
 
 
-def _time_block(fn, X, calls: int) -> tuple[float, float]:
-    """(median wall-clock µs per call, process CPU µs per call over the block)."""
+def _time_block(fn, X, calls: int, finish) -> tuple[float, float, float]:
+    """(median wall-clock µs per call, process CPU µs per call, wall µs per call) over the block, the last
+    two including ``finish()``: the background work the block's calls left behind."""
     times = np.empty(calls)
-    cpu = time.process_time_ns()
+    cpu, wall = time.process_time_ns(), time.perf_counter_ns()
     for i in range(calls):
         t = time.perf_counter_ns()
         fn(X)
         times[i] = time.perf_counter_ns() - t
-    cpu = time.process_time_ns() - cpu
-    return float(np.median(times)) / 1000.0, cpu / calls / 1000.0
+    finish()
+    cpu, wall = time.process_time_ns() - cpu, time.perf_counter_ns() - wall
+    return float(np.median(times)) / 1000.0, cpu / calls / 1000.0, wall / calls / 1000.0
 
 
 class Bench:
@@ -126,9 +128,17 @@ class Bench:
                         return model.predict_proba(batch)
             else:
                 fn = model.predict_proba
+            telemetry = self.instrumentor.telemetry
+
+            def finish():  # what the calls left to otel-ml's aggregator thread and to the span processor
+                if telemetry is not None:
+                    telemetry.aggregator.drain()
+                self.sampled.force_flush()
+
             for _ in range(3):
                 fn(X)  # warm: the model's state, the span processor, caches
-            return _time_block(fn, X, calls)
+            finish()
+            return _time_block(fn, X, calls, finish)
         finally:
             if token is not None:
                 context.detach(token)
@@ -177,26 +187,31 @@ def main(argv: list[str] | None = None) -> dict:
     return report
 
 
-def _paired(by_variant: dict[str, list[tuple[float, float]]], variant: str, which: int) -> float:
-    """Median over rounds of (variant - plain) within each round; ``which`` 0 = wall, 1 = CPU."""
+def _paired(by_variant: dict[str, list[tuple[float, ...]]], variant: str, which: int) -> float:
+    """Median over rounds of (variant - plain) within each round; ``which``: 0 median call (latency),
+    1 CPU per call, 2 wall time per call (throughput), both with the background work."""
     return statistics.median(v[which] - p[which] for v, p in zip(by_variant[variant], by_variant["plain"]))
 
 
 def _report(results) -> dict:
     out: dict = {"unit": "microseconds per call; overhead = median over rounds of (variant - plain) in the round; "
-                         "wall = median call time in a block, cpu = process CPU time per call in a block",
+                         "wall = median call time in a block (latency), cpu = process CPU time per call and "
+                         "block = wall time per call of a block (throughput), both with the background work "
+                         "its calls left (drained at the block's end)",
                  "models": {}}
     for model, by_batch in results.items():
         out["models"][model] = {}
         for n, by_variant in by_batch.items():
-            plain = statistics.median(w for w, _ in by_variant["plain"])
+            plain = statistics.median(v[0] for v in by_variant["plain"])
             row: dict = {"plain_us": round(plain, 2),
-                         "plain_cpu_us": round(statistics.median(c for _, c in by_variant["plain"]), 2)}
+                         "plain_cpu_us": round(statistics.median(v[1] for v in by_variant["plain"]), 2),
+                         "plain_block_us": round(statistics.median(v[2] for v in by_variant["plain"]), 2)}
             bare = _paired(by_variant, "bare_span", 0)
             for variant in VARIANTS[1:]:
                 wall, cpu = _paired(by_variant, variant, 0), _paired(by_variant, variant, 1)
                 row[f"{variant}_overhead_us"] = round(wall, 2)
                 row[f"{variant}_cpu_overhead_us"] = round(cpu, 2)
+                row[f"{variant}_block_overhead_us"] = round(_paired(by_variant, variant, 2), 2)
                 row[f"{variant}_overhead_pct_of_plain"] = round(100 * wall / plain, 2)
                 if variant != "bare_span":
                     row[f"{variant}_overhead_vs_bare_span"] = round(wall / bare, 2) if bare > 0 else None
@@ -215,7 +230,17 @@ def _markdown(report: dict) -> str:
                 f"| {r['otel_ml_overhead_us']:.1f} ({r['otel_ml_overhead_vs_bare_span']}) "
                 f"| {r['otel_ml_baseline_overhead_us']:.1f} ({r['otel_ml_baseline_overhead_vs_bare_span']}) "
                 f"| {r['otel_ml_unsampled_overhead_us']:.1f} | {r['otel_ml_overhead_pct_of_plain']:.1f} |")
-    lines += ["", "Process CPU time (µs per call, all threads; overhead over plain, paired by round):", "",
+    lines += ["", "Wall time of a block per call, with the background work its calls left (throughput cost; "
+              "overhead over plain, paired by round):", "",
+              "| model | rows | plain | bare span | otel-ml | with baseline | unsampled |",
+              "|---|---:|---:|---:|---:|---:|---:|"]
+    for model, by_batch in report["models"].items():
+        for n, r in by_batch.items():
+            lines.append(f"| {model} | {n} | {r['plain_block_us']:.1f} | {r['bare_span_block_overhead_us']:+.1f} "
+                         f"| {r['otel_ml_block_overhead_us']:+.1f} | {r['otel_ml_baseline_block_overhead_us']:+.1f} "
+                         f"| {r['otel_ml_unsampled_block_overhead_us']:+.1f} |")
+    lines += ["", "Process CPU time (µs per call, all threads, with the background work; overhead over plain, "
+              "paired by round):", "",
               "| model | rows | plain | bare span | otel-ml | with baseline | unsampled |",
               "|---|---:|---:|---:|---:|---:|---:|"]
     for model, by_batch in report["models"].items():

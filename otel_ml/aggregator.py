@@ -2,12 +2,14 @@
 
 The request thread appends each :class:`~otel_ml.observation.Observation` to a bounded queue (a
 ``deque.append``, well under a microsecond). A daemon thread drains it once ``WAKE_EVERY`` calls
-have queued up, and the metric export drains it before collecting, so an export never misses a
-finished call. The thread sleeps until woken: a thread that wakes on a timer, however idle, makes
-every GIL hand-off of a model that releases the GIL often (a random forest releases it once per
-tree) measurably slower: about 2 ms per 100-tree forest call here. When the queue is full the
-observation is dropped and counted in ``ml.observations.dropped``: memory stays bounded whatever the
-traffic.
+have queued up, at most ``SPAN_DELAY`` seconds after a call whose span it writes (a leaf model's
+span, see :mod:`otel_ml.telemetry`), and the metric export drains it before collecting, so an export
+never misses a finished call. Otherwise the thread sleeps until woken: a thread that wakes on a
+timer, however idle, makes every GIL hand-off of a model that releases the GIL often (a random forest
+releases it once per tree) measurably slower: about 2 ms per 100-tree forest call here. When the queue
+is full the observation (with its span, when this thread would write it, as the SDK's batch span
+processor drops spans when its own queue is full) is dropped and counted in ``ml.observations.dropped``:
+memory stays bounded whatever the traffic.
 
 Counts are exact: rows, errors, predicted classes, prediction-score buckets and missing values are
 computed over every row of every call. Batches larger than ``OTEL_ML_SUMMARY_MAX_ROWS`` are validated,
@@ -36,6 +38,7 @@ _log = logging.getLogger("otel_ml")
 
 QUEUE_LIMIT = 10_000  # observations waiting for the aggregator
 WAKE_EVERY = 256  # queued calls that wake the aggregator thread
+SPAN_DELAY = 0.5  # seconds a call may wait for its span to be written (more calls join it meanwhile)
 OTHER = "__other__"  # attribute value for features and classes beyond the configured caps
 PREDICTION_FEATURE = "__prediction_score__"  # ml.feature.name of the prediction-score bins
 DROPPED = "ml.observations.dropped"
@@ -44,10 +47,13 @@ DROPPED = "ml.observations.dropped"
 class Aggregator:
     """Turns observations into the metric store's counts; owns each model's drift monitor."""
 
-    def __init__(self, store: MetricStore, config: Config, on_error: Callable[[str, BaseException], None]) -> None:
+    def __init__(self, store: MetricStore, config: Config, on_error: Callable[[str, BaseException], None],
+                 write_spans: Callable[[list[Observation]], None] | None = None) -> None:
         self.store, self.config, self._on_error = store, config, on_error
+        self._write_spans = write_spans  # given every drained batch first, in arrival order
         self._queue: collections.deque[Observation] = collections.deque()
         self._wake = threading.Event()
+        self._span_due = False  # a queued call waits for its span: drain within SPAN_DELAY
         self._thread: threading.Thread | None = None
         self._stopped = False
         self._drain_lock = threading.Lock()
@@ -107,16 +113,24 @@ class Aggregator:
         while not self._stopped:
             self._wake.wait()
             self._wake.clear()
+            if self._span_due and not self._stopped:  # let more calls join the span writing ahead
+                self._wake.wait(SPAN_DELAY)
+                self._wake.clear()
+            self._span_due = False
             self.drain()
 
     # -- the request thread's only call ----------------------------------------------------------------
-    def submit(self, observation: Observation) -> None:
+    def submit(self, observation: Observation, span_pending: bool = False) -> None:
+        """Queue a finished call; ``span_pending``: its span is written on drain, so drain soon."""
         queue = self._queue
         if len(queue) >= QUEUE_LIMIT:
             self.dropped.add(observation.model.metric_key, 1)
             return
         queue.append(observation)
         if len(queue) % WAKE_EVERY == 0:
+            self._wake.set()
+        elif span_pending and not self._span_due:
+            self._span_due = True
             self._wake.set()
 
     # -- processing -----------------------------------------------------------------------------------
@@ -125,9 +139,11 @@ class Aggregator:
         at once (a thousand single-row calls cost about what one thousand-row call costs)."""
         with self._drain_lock:
             queue = self._queue
+            drained = [queue.popleft() for _ in range(len(queue))]
+            if self._write_spans is not None and drained:
+                self._write_spans(drained)
             groups: dict[tuple[int, str], list[Observation]] = {}
-            while queue:
-                obs = queue.popleft()
+            for obs in drained:
                 groups.setdefault((id(obs.model), obs.operation), []).append(obs)
             for observations in groups.values():
                 try:

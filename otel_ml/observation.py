@@ -78,12 +78,12 @@ class Observation:
     """One outermost model call."""
 
     __slots__ = ("model", "operation", "inputs", "output", "duration", "n_rows", "error_type", "validation",
-                 "_span_context", "_trace_id", "_prediction_id", "_predictions", "_table", "_table_max_rows",
+                 "_trace_id", "_span_id", "_prediction_id", "_predictions", "_table", "_table_max_rows",
                  "span_summary")
 
     def __init__(self, model: Any, operation: str, inputs: Any, output: Any, duration: float, n_rows: int,
-                 error_type: str | None, span_context: Any = None, validation: Any = None,
-                 table: frame.Table | None = None, table_max_rows: int | None = None, trace_id: int = 0) -> None:
+                 error_type: str | None, validation: Any = None, table: frame.Table | None = None,
+                 table_max_rows: int | None = None, trace_id: int = 0, span_id: int = 0) -> None:
         self.model = model  # the ModelState of the estimator (otel_ml.model_state)
         self.operation = operation
         self.inputs = inputs  # X as the caller passed it (not copied)
@@ -92,8 +92,8 @@ class Observation:
         self.n_rows = n_rows
         self.error_type = error_type
         self.validation = validation  # ValidationResult when a baseline was checked
-        self._span_context = span_context  # of the call's own span
-        self._trace_id = trace_id  # of the unsampled trace the call ran in, when it got no span
+        self._trace_id = trace_id  # of the call's span, or of the unsampled trace it ran in (0: none)
+        self._span_id = span_id  # of the call's span (0: the call has no span)
         self._prediction_id: str | None = None
         self._predictions: Predictions | None = None
         self._table = table
@@ -107,9 +107,8 @@ class Observation:
         A call without a span of its own (its trace was not sampled) gets its trace's id and a random
         64-bit part in the span id's place; without any trace (no SDK), random 128 and 64 bits."""
         if self._prediction_id is None:
-            ctx = self._span_context
-            if ctx is not None and ctx.is_valid:
-                self._prediction_id = f"{ctx.trace_id:032x}-{ctx.span_id:016x}"
+            if self._span_id:
+                self._prediction_id = f"{self._trace_id:032x}-{self._span_id:016x}"
             else:
                 trace_id = self._trace_id or random.getrandbits(128)
                 self._prediction_id = f"{trace_id:032x}-{random.getrandbits(64):016x}"

@@ -13,6 +13,7 @@ per place and exception type; the user's call and its exception are never altere
 from __future__ import annotations
 
 import contextvars
+import copy
 import logging
 import math
 import os
@@ -23,7 +24,10 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
+from opentelemetry import context as context_api
 from opentelemetry import trace
+from opentelemetry.sdk.trace import Tracer as SdkTracer
+from opentelemetry.sdk.trace.id_generator import IdGenerator, RandomIdGenerator
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from otel_ml import frame, semconv
@@ -50,14 +54,17 @@ WRAPPING: contextvars.ContextVar[bool] = contextvars.ContextVar("otel_ml_wrappin
 class Call(Observation):
     """An outermost model call: the :class:`Observation` it becomes, plus what it needs while it runs.
 
-    A model that calls other models (``state.composite``: pipelines, column transformers, searches,
-    calibration, voting, stacking) gets its span before the call, so that its steps' spans can be its
-    children. Any other model gets its span after the call, with an explicit start time and every
-    attribute at once: the cheapest way through the SDK. The finished call itself is what the listeners
-    and the aggregator receive (``model`` is its :class:`~otel_ml.model_state.ModelState`).
+    Its span is made in one of three ways. A model that calls other models (``state.composite``:
+    pipelines, column transformers, searches, calibration, voting, stacking) gets its span before the
+    call, so that its steps' spans can be its children. Any other model's span is written after the
+    call with an explicit start time and every attribute at once: by the aggregator thread when the
+    tracer is the SDK's (``span_pending``: the call drew its span's ids when it ran, see
+    :class:`PresetIds`), else right after the call. The finished call itself is what the listeners and
+    the aggregator receive (``model`` is its :class:`~otel_ml.model_state.ModelState`).
     """
 
-    __slots__ = ("estimator", "span", "targets", "start", "start_ns", "children", "_context", "unsampled_parent")
+    __slots__ = ("estimator", "span", "targets", "start", "start_ns", "end_ns", "children", "_context",
+                 "unsampled_parent", "parent_context", "span_pending", "exception")
 
     def __init__(self, estimator: Any, state: ModelState, operation: str, inputs: Any, n_rows: int,
                  unsampled_parent: Any = None, table_max_rows: int | None = None) -> None:
@@ -71,14 +78,18 @@ class Call(Observation):
         # the active span's context when its trace is not sampled and this call's span would be dropped
         # too: then no span is made at all (metrics, drift and validation still count the call)
         self.unsampled_parent = unsampled_parent
+        self.parent_context: Any = None  # the context the call ran in, for a span written later
+        self.span_pending = False  # whether the aggregator thread writes this call's span
+        self.exception: BaseException | None = None  # what the call raised, until its span is written
+        self.end_ns = 0
         self.start_ns = time.time_ns()
         self.start = time.perf_counter_ns()
 
-    def finish_times(self) -> tuple[int, float]:
-        """Set ``duration`` (seconds) now; return the end time (ns since the epoch) for the span."""
+    def finish_times(self) -> None:
+        """Set ``duration`` (seconds) and ``end_ns`` (the span's end, ns since the epoch) now."""
         elapsed = time.perf_counter_ns() - self.start
         self.duration = elapsed / 1e9
-        return self.start_ns + elapsed
+        self.end_ns = self.start_ns + elapsed
 
     def context(self) -> Any:
         if self._context is None:
@@ -86,10 +97,54 @@ class Call(Observation):
         return self._context
 
     def release(self) -> None:
-        """Drop the span objects once the span has ended (the call waits in the aggregator's queue)."""
+        """Drop the span objects once the span has ended (the call may wait in the aggregator's queue, and
+        outcome joins keep it longer): its ids stay, for the prediction ids."""
         if self.span is not None:
-            self._span_context = self.span.get_span_context()
-        self.span = self._context = None
+            span_context = self.span.get_span_context()
+            if span_context.is_valid:
+                self._trace_id, self._span_id = span_context.trace_id, span_context.span_id
+        self.span = self._context = self.parent_context = self.exception = None
+
+
+class PresetIds(IdGenerator):
+    """The id generator of otel-ml's background tracer (a copy of the SDK tracer otel-ml would use).
+
+    A leaf model's span is written by the aggregator thread after the call, but the call needs its ids
+    when it runs: its prediction ids (``<trace id>-<span id>-<row>``) go back to the caller. So the call
+    draws them from the real generator, and this one hands them to the SDK when the span is written.
+
+    >>> ids = PresetIds(RandomIdGenerator())
+    >>> ids.preset(trace_id=7, span_id=9)
+    >>> ids.generate_trace_id(), ids.generate_span_id()
+    (7, 9)
+    """
+
+    def __init__(self, source: IdGenerator) -> None:
+        self.source = source
+        self._trace_id = self._span_id = 0
+
+    def preset(self, trace_id: int, span_id: int) -> None:
+        self._trace_id, self._span_id = trace_id, span_id
+
+    def generate_trace_id(self) -> int:  # called by the SDK for a root span only
+        return self._trace_id
+
+    def generate_span_id(self) -> int:
+        return self._span_id
+
+    def is_trace_id_random(self) -> bool:
+        return self.source.is_trace_id_random()
+
+
+def background_tracer(provider: Any) -> tuple[Any, PresetIds] | None:
+    """otel-ml's tracer from ``provider`` copied, with :class:`PresetIds`; None unless it is the SDK's."""
+    tracer = provider.get_tracer("otel_ml", __version__) if hasattr(provider, "get_tracer") else None
+    if not isinstance(tracer, SdkTracer) or not isinstance(getattr(tracer, "id_generator", None), IdGenerator):
+        return None
+    ids = PresetIds(tracer.id_generator)
+    background = copy.copy(tracer)
+    background.id_generator = ids
+    return background, ids
 
 
 class Step:
@@ -154,13 +209,16 @@ class Telemetry:
         self.config = config
         self.tracer = trace.get_tracer("otel_ml", __version__, tracer_provider)
         self._tracer_provider = tracer_provider
-        self._skip_unsampled = False  # decided at the first call: the global provider may be set after us
+        # decided at the first call (the global provider may be set after us): whether calls under an
+        # unsampled parent skip their span, and the tracer that writes leaf spans on the aggregator thread
+        self._skip_unsampled = False
+        self._background: tuple[Any, PresetIds] | None = None
         self.states = ModelStates(config, on_new_state=self._attach_data_health)
         if metric_exporter is None:
             metric_exporter, found_resource = configured_exporter()
             resource = resource or found_resource
         self.store = MetricStore(resource)
-        self.aggregator = Aggregator(self.store, config, self.internal_error)
+        self.aggregator = Aggregator(self.store, config, self.internal_error, write_spans=self._write_spans)
         self.exporter = None
         if metric_exporter is not None:
             self.exporter = ExportLoop(self.store, metric_exporter, export_interval or export_interval_seconds(),
@@ -191,7 +249,9 @@ class Telemetry:
             self.aggregator.start()
             if self.exporter is not None:
                 self.exporter.start()
-            self._skip_unsampled = drops_unsampled_children(self._tracer_provider or trace.get_tracer_provider())
+            provider = self._tracer_provider or trace.get_tracer_provider()
+            self._skip_unsampled = drops_unsampled_children(provider)
+            self._background = background_tracer(provider)
             self._started = True
 
     def flush(self) -> None:
@@ -233,15 +293,21 @@ class Telemetry:
         and, in strict mode, :class:`~otel_ml.validation.InputValidationError`."""
         self._ensure_started()
         state = self.states.get(model)
+        context = context_api.get_current()
+        parent = trace.get_current_span(context).get_span_context()
         unsampled_parent = None
-        if self._skip_unsampled:
-            parent = trace.get_current_span().get_span_context()
-            if parent.is_valid and not parent.trace_flags.sampled:
-                unsampled_parent = parent
+        if self._skip_unsampled and parent.is_valid and not parent.trace_flags.sampled:
+            unsampled_parent = parent
         call = Call(model, state, operation, inputs, frame.n_rows_of(inputs) if inputs is not None else 0,
                     unsampled_parent, self.config.summary_max_rows)
-        if state.composite and unsampled_parent is None:
-            call.span = self._start_span(call, self._start_attributes(call))
+        if unsampled_parent is None:
+            if state.composite:
+                call.span = self._start_span(call, self._start_attributes(call))
+            elif self._background is not None:  # the span is written later, under the ids drawn now
+                ids = self._background[1].source
+                call.parent_context, call.span_pending = context, True
+                call._trace_id = parent.trace_id if parent.is_valid else ids.generate_trace_id()
+                call._span_id = ids.generate_span_id()
         if state.validator is not None and operation not in TRAINING and inputs is not None:
             call._table = frame.as_table(inputs, frame.feature_names_of(inputs) or state.feature_names,
                                          max_rows=self.config.summary_max_rows)
@@ -260,60 +326,85 @@ class Telemetry:
             attributes[semconv.INPUT_FEATURES] = frame.n_features_of(call.inputs)
         return attributes
 
-    def _start_span(self, call: Call, attributes: dict) -> Any:
+    def _start_span(self, call: Call, attributes: dict, tracer: Any = None) -> Any:
         span_name = call.model.operation(call.operation)[0]
-        return self.tracer.start_span(span_name, kind=SpanKind.INTERNAL, attributes=attributes,
-                                      start_time=call.start_ns)
+        return (tracer or self.tracer).start_span(span_name, context=call.parent_context, kind=SpanKind.INTERNAL,
+                                                  attributes=attributes, start_time=call.start_ns)
 
     def end(self, call: Call, output: Any) -> None:
-        end_ns = call.finish_times()
         call.output = output
-        span = call.span
-        try:
-            if call.unsampled_parent is None:
-                if span is None:  # a leaf model: one span with every attribute, after the fact
-                    attributes = self._start_attributes(call)
-                    attributes.update(self._span_attributes(call))
-                    span = call.span = self._start_span(call, attributes)
-                elif span.is_recording():
-                    span.set_attributes(self._span_attributes(call))
-                call._span_context = span.get_span_context()
-                if span.is_recording():
-                    if call.operation not in TRAINING:  # the id names the span: known only once it exists
-                        span.set_attribute(semconv.PREDICTION_ID, call.row_id(0))
-                    self._add_events(call, span)
-            self._publish(call)
-        except Exception as exc:
-            self.internal_error("end", exc)
-        finally:
-            if span is not None:
-                span.end(end_time=end_ns)
-                call.release()
+        self._finish(call)
         if call.operation in TRAINING:
             self._after_fit(call)
 
     def fail(self, call: Call, exc: BaseException) -> None:
-        end_ns = call.finish_times()
-        span = call.span
+        call.error_type, call.exception = error_type(exc), exc
+        self._finish(call)
+
+    def _finish(self, call: Call) -> None:
+        """Times, then the span (unless the aggregator thread writes it), then the call to the aggregator."""
+        call.finish_times()
         try:
-            kind = call.error_type = error_type(exc)
-            if call.unsampled_parent is None:
-                if span is None:
-                    attributes = self._start_attributes(call)
-                    attributes[semconv.ERROR_TYPE] = kind
-                    span = call.span = self._start_span(call, attributes)
-                else:
-                    span.set_attribute(semconv.ERROR_TYPE, kind)
-                call._span_context = span.get_span_context()
-                if span.is_recording():
-                    self._record_error(span, exc, kind)
-                    self._add_events(call, span)
+            if not call.span_pending and call.unsampled_parent is None:
+                try:
+                    if call.span is None:  # a leaf model without the background tracer: its span now
+                        self._write_span(call, self.tracer)
+                    else:  # a composite's span, started before the call
+                        self._complete_span(call, call.span)
+                finally:
+                    if call.span is not None:
+                        call.span.end(end_time=call.end_ns)
+                    call.release()
             self._publish(call)
-        except Exception as inner:
-            self.internal_error("fail", inner)
-        finally:
-            if span is not None:
-                span.end(end_time=end_ns)
+        except Exception as exc:
+            self.internal_error("end", exc)
+
+    def _write_span(self, call: Call, tracer: Any) -> None:
+        """A leaf model's span, written after the call: one span with every attribute at once."""
+        attributes = self._start_attributes(call)
+        if call.error_type is None:
+            attributes.update(self._span_attributes(call))
+            if call._span_id and call.operation not in TRAINING:
+                attributes[semconv.PREDICTION_ID] = call.row_id(0)
+        else:
+            attributes[semconv.ERROR_TYPE] = call.error_type
+        call.span = self._start_span(call, attributes, tracer)
+        self._complete_span(call, call.span, attributes_set=True)
+
+    def _complete_span(self, call: Call, span: Any, attributes_set: bool = False) -> None:
+        """What a span learns at the end of its call: the outputs' attributes, or the error; events."""
+        if not span.is_recording():
+            return
+        if call.error_type is not None:
+            if not attributes_set:
+                span.set_attribute(semconv.ERROR_TYPE, call.error_type)
+            self._record_error(span, call.exception, call.error_type)
+        else:
+            if not attributes_set:
+                span.set_attributes(self._span_attributes(call))
+            if call.operation not in TRAINING and not call._span_id:  # the id names the span: known only now
+                span_context = span.get_span_context()
+                call._trace_id, call._span_id = span_context.trace_id, span_context.span_id
+                span.set_attribute(semconv.PREDICTION_ID, call.row_id(0))
+        self._add_events(call, span)
+
+    def _write_spans(self, observations: list[Observation]) -> None:
+        """On the aggregator thread: the spans of the queued calls that wait for one."""
+        if self._background is None:
+            return
+        tracer, ids = self._background
+        for call in observations:
+            if not getattr(call, "span_pending", False):
+                continue
+            try:
+                ids.preset(call._trace_id, call._span_id)
+                self._write_span(call, tracer)
+            except Exception as exc:
+                self.internal_error("span", exc)
+            finally:
+                if call.span is not None:
+                    call.span.end(end_time=call.end_ns)
+                call.span_pending = False
                 call.release()
 
     def _publish(self, observation: Observation) -> None:
@@ -322,7 +413,7 @@ class Telemetry:
                 listener(observation)
             except Exception as exc:
                 self.internal_error("listener", exc)
-        self.aggregator.submit(observation)
+        self.aggregator.submit(observation, getattr(observation, "span_pending", False))
 
     def _add_events(self, call: Call, span: Any) -> None:
         """Validation violations of this call, and a drift window that closed since the last call."""

@@ -55,7 +55,15 @@ class Instrumented:
         return self.instrumentor.telemetry
 
     def finished(self) -> list:
+        """Every span so far, after the aggregator thread wrote the spans of the calls queued for it."""
+        if self.telemetry is not None:
+            self.telemetry.aggregator.drain()
         return list(self.spans.get_finished_spans())
+
+    def clear_spans(self) -> None:
+        """Forget every span so far (including those the aggregator thread has yet to write)."""
+        self.finished()
+        self.spans.clear()
 
     def roots(self) -> list:
         return [s for s in self.finished() if s.parent is None]

@@ -5,10 +5,12 @@ from __future__ import annotations
 import hashlib
 import pickle
 import threading
+import time
 
 import joblib
 import numpy as np
 import pytest
+from opentelemetry import trace
 from opentelemetry.trace import StatusCode
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.compose import ColumnTransformer
@@ -66,7 +68,7 @@ def test_method_calling_another_method_is_one_span(instrumented, data):
     X, y = data
     model = LogisticRegression(max_iter=3000)
     model.fit(X, y)
-    instrumented.spans.clear()
+    instrumented.clear_spans()
     model.score(X, y)  # score calls self.predict
     assert [s.name for s in instrumented.finished()] == ["score LogisticRegression"]
 
@@ -217,7 +219,7 @@ def test_column_transformer_and_random_forest(instrumented, data):
     X, y = data
     pre = ColumnTransformer([("scale", StandardScaler(), list(X.columns[:10]))], remainder="passthrough")
     model = make_pipeline(pre, RandomForestClassifier(n_estimators=5, random_state=0)).fit(X, y)
-    instrumented.spans.clear()
+    instrumented.clear_spans()
     model.predict_proba(X.iloc[:20])
     names = [s.name for s in instrumented.finished()]
     assert names.count("predict_proba Pipeline") == 1
@@ -429,3 +431,49 @@ def test_joblib_work_of_a_model_call_is_part_of_it(instrumented, data):
     assert all(s.parent.span_id == root.context.span_id for s in spans if s is not root)
     instrumented.instrumentor.uninstrument()
     assert np.array_equal(forest.predict_proba(X.iloc[:5]), expected)
+
+
+def test_leaf_span_is_written_by_the_aggregator_thread_under_the_callers_parent(instrumented, data):
+    """A leaf model's span leaves the call to the aggregator thread: it arrives within SPAN_DELAY with no
+    flush, as a child of the span active during the call, timed like the call, named by its prediction id."""
+    from otel_ml import aggregator
+
+    X, y = data
+    model = LogisticRegression(max_iter=3000).fit(X, y)
+    instrumented.clear_spans()
+    tracer = trace.get_tracer("test", tracer_provider=instrumented.telemetry._tracer_provider)
+    before = time.time_ns()
+    with tracer.start_as_current_span("request") as parent:
+        model.predict_proba(X.iloc[:1])
+    after = time.time_ns()
+    deadline = time.monotonic() + aggregator.SPAN_DELAY + 5
+    while time.monotonic() < deadline and len(instrumented.spans.get_finished_spans()) < 2:
+        time.sleep(0.05)
+    spans = {s.name: s for s in instrumented.spans.get_finished_spans()}  # no drain: the thread wrote it
+    span = spans["predict_proba LogisticRegression"]
+    assert span.parent.span_id == parent.get_span_context().span_id
+    assert span.context.trace_id == parent.get_span_context().trace_id
+    assert before <= span.start_time <= span.end_time <= after
+    assert span.attributes[semconv.PREDICTION_ID] == (
+        f"{span.context.trace_id:032x}-{span.context.span_id:016x}-0")
+
+
+def test_background_and_immediate_spans_are_alike(make, data):
+    """Without the SDK's tracer (no preset ids) a leaf span is written right after the call: same content."""
+    X, y = data
+    model = LogisticRegression(max_iter=3000).fit(X, y)
+    found = []
+    for background in (True, False):
+        inst = make()
+        inst.telemetry._ensure_started()
+        if not background:
+            inst.telemetry._background = None
+        model.predict_proba(X.iloc[:1])
+        with pytest.raises(ValueError):
+            model.predict_proba(X.iloc[:1, :3])
+        found.append([(s.name, s.kind, s.status.status_code, s.parent,
+                       {k: v for k, v in s.attributes.items() if k != semconv.PREDICTION_ID},
+                       [(e.name, dict(e.attributes)) for e in s.events]) for s in inst.finished()])
+        assert all(semconv.PREDICTION_ID in s.attributes for s in inst.finished() if s.status.status_code != StatusCode.ERROR)
+        inst.instrumentor.uninstrument()
+    assert found[0] == found[1] and len(found[0]) == 2
