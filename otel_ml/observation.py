@@ -81,22 +81,20 @@ class Observation:
                  "_trace_id", "_span_id", "_prediction_id", "_predictions", "_table", "_table_max_rows",
                  "span_summary")
 
-    def __init__(self, model: Any, operation: str, inputs: Any, output: Any, duration: float, n_rows: int,
-                 error_type: str | None, validation: Any = None, table: frame.Table | None = None,
-                 table_max_rows: int | None = None, trace_id: int = 0, span_id: int = 0) -> None:
+    def __init__(self, model: Any, operation: str, inputs: Any, n_rows: int, table_max_rows: int | None = None) -> None:
         self.model = model  # the ModelState of the estimator (otel_ml.model_state)
         self.operation = operation
         self.inputs = inputs  # X as the caller passed it (not copied)
-        self.output = output  # the return value; None when the call raised
-        self.duration = duration  # seconds
         self.n_rows = n_rows
-        self.error_type = error_type
-        self.validation = validation  # ValidationResult when a baseline was checked
-        self._trace_id = trace_id  # of the call's span, or of the unsampled trace it ran in (0: none)
-        self._span_id = span_id  # of the call's span (0: the call has no span)
+        self.output: Any = None  # the return value; None when the call raised
+        self.duration = 0.0  # seconds
+        self.error_type: str | None = None
+        self.validation: Any = None  # ValidationResult when a baseline was checked
+        self._trace_id = 0  # of the call's span, or of the unsampled trace it ran in (0: none)
+        self._span_id = 0  # of the call's span (0: the call has no span)
         self._prediction_id: str | None = None
         self._predictions: Predictions | None = None
-        self._table = table
+        self._table: frame.Table | None = None
         self._table_max_rows = table_max_rows
         self.span_summary: dict | None = None  # the predictions' span attributes, once read (model and server span)
 

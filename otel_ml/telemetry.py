@@ -67,9 +67,8 @@ class Call(Observation):
                  "unsampled_parent", "parent_context", "span_pending", "exception")
 
     def __init__(self, estimator: Any, state: ModelState, operation: str, inputs: Any, n_rows: int,
-                 unsampled_parent: Any = None, table_max_rows: int | None = None) -> None:
-        super().__init__(state, operation, inputs, None, 0.0, n_rows, None, table_max_rows=table_max_rows,
-                         trace_id=unsampled_parent.trace_id if unsampled_parent is not None else 0)
+                 table_max_rows: int | None = None) -> None:
+        Observation.__init__(self, state, operation, inputs, n_rows, table_max_rows)
         self.estimator = estimator
         self.span: Any = None  # set before the call for composites, after it otherwise
         self.targets: Any = None  # y of a training call
@@ -77,7 +76,7 @@ class Call(Observation):
         self._context = None
         # the active span's context when its trace is not sampled and this call's span would be dropped
         # too: then no span is made at all (metrics, drift and validation still count the call)
-        self.unsampled_parent = unsampled_parent
+        self.unsampled_parent: Any = None
         self.parent_context: Any = None  # the context the call ran in, for a span written later
         self.span_pending = False  # whether the aggregator thread writes this call's span
         self.exception: BaseException | None = None  # what the call raised, until its span is written
@@ -291,23 +290,22 @@ class Telemetry:
     def begin(self, model: Any, operation: str, inputs: Any) -> Call:
         """Prepare an outermost call; raises only on otel-ml bugs (the caller then runs the model plainly)
         and, in strict mode, :class:`~otel_ml.validation.InputValidationError`."""
-        self._ensure_started()
+        if not self._started:
+            self._ensure_started()
         state = self.states.get(model)
+        call = Call(model, state, operation, inputs, frame.n_rows_of(inputs) if inputs is not None else 0,
+                    self.config.summary_max_rows)
         context = context_api.get_current()
         parent = trace.get_current_span(context).get_span_context()
-        unsampled_parent = None
         if self._skip_unsampled and parent.is_valid and not parent.trace_flags.sampled:
-            unsampled_parent = parent
-        call = Call(model, state, operation, inputs, frame.n_rows_of(inputs) if inputs is not None else 0,
-                    unsampled_parent, self.config.summary_max_rows)
-        if unsampled_parent is None:
-            if state.composite:
-                call.span = self._start_span(call, self._start_attributes(call))
-            elif self._background is not None:  # the span is written later, under the ids drawn now
-                ids = self._background[1].source
-                call.parent_context, call.span_pending = context, True
-                call._trace_id = parent.trace_id if parent.is_valid else ids.generate_trace_id()
-                call._span_id = ids.generate_span_id()
+            call.unsampled_parent, call._trace_id = parent, parent.trace_id
+        elif state.composite:
+            call.span = self._start_span(call, self._start_attributes(call))
+        elif self._background is not None:  # the span is written later, under the ids drawn now
+            ids = self._background[1].source
+            call.parent_context, call.span_pending = context, True
+            call._trace_id = parent.trace_id if parent.is_valid else ids.generate_trace_id()
+            call._span_id = ids.generate_span_id()
         if state.validator is not None and operation not in TRAINING and inputs is not None:
             call._table = frame.as_table(inputs, frame.feature_names_of(inputs) or state.feature_names,
                                          max_rows=self.config.summary_max_rows)
@@ -342,7 +340,8 @@ class Telemetry:
         self._finish(call)
 
     def _finish(self, call: Call) -> None:
-        """Times, then the span (unless the aggregator thread writes it), then the call to the aggregator."""
+        """Times, then the span (unless the aggregator thread writes it), then the call to the listeners and
+        the aggregator."""
         call.finish_times()
         try:
             if not call.span_pending and call.unsampled_parent is None:
@@ -355,7 +354,12 @@ class Telemetry:
                     if call.span is not None:
                         call.span.end(end_time=call.end_ns)
                     call.release()
-            self._publish(call)
+            for listener in self.listeners:
+                try:
+                    listener(call)
+                except Exception as exc:
+                    self.internal_error("listener", exc)
+            self.aggregator.submit(call, call.span_pending)
         except Exception as exc:
             self.internal_error("end", exc)
 
@@ -406,14 +410,6 @@ class Telemetry:
                     call.span.end(end_time=call.end_ns)
                 call.span_pending = False
                 call.release()
-
-    def _publish(self, observation: Observation) -> None:
-        for listener in self.listeners:
-            try:
-                listener(observation)
-            except Exception as exc:
-                self.internal_error("listener", exc)
-        self.aggregator.submit(observation, getattr(observation, "span_pending", False))
 
     def _add_events(self, call: Call, span: Any) -> None:
         """Validation violations of this call, and a drift window that closed since the last call."""

@@ -135,3 +135,21 @@ def test_nonsense_inputs_raise_what_sklearn_raises(make, bad):
     expected = _run(model, "predict", bad)
     make()
     assert _same(expected, _run(model, "predict", bad))
+
+
+def test_bound_methods_still_go_to_worker_processes(make):
+    """``model.predict`` handed to joblib's processes or pickled by hand (multiprocessing does) works as it
+    does without otel-ml: wrapt's bound proxies refuse pickling, ours pickle as the plain method."""
+    import pickle
+
+    import joblib
+
+    rng = np.random.default_rng(3)
+    X, y = rng.normal(size=(400, 5)), rng.integers(0, 2, 400)
+    model = LogisticRegression().fit(X, y)
+    expected = model.predict_proba(X)
+    make()
+    assert np.array_equal(pickle.loads(pickle.dumps(model.predict_proba))(X), expected)
+    chunks = np.array_split(X, 4)
+    parts = joblib.Parallel(n_jobs=2, backend="loky")(joblib.delayed(model.predict_proba)(c) for c in chunks)
+    assert np.array_equal(np.vstack(parts), expected)

@@ -84,17 +84,22 @@ class _PartOfCall:
         return getattr(self.function, name)
 
 
-class _MethodWrapper(wrapt.FunctionWrapper):
-    """wrapt's wrapper of a patched method that, while inner model calls skip otel-ml (``WRAPPING`` is
-    False), hands out the plain method instead of a bound proxy: inside a forest's call, each tree's
-    ``predict_proba`` is bound and copied by scikit-learn's ``delayed`` as if nothing were patched."""
+class _BoundMethod(wrapt.BoundFunctionWrapper):
+    """A patched method bound to its model. It pickles as the plain bound method does (by name, from the
+    model), so that ``multiprocessing`` and joblib's worker processes take ``model.predict`` as they would
+    without otel-ml (wrapt's proxies refuse to be pickled)."""
 
-    def __get__(self, instance: Any, owner: Any = None) -> Any:
-        if WRAPPING.get():
-            return super().__get__(instance, owner)
-        wrapped = self.__wrapped__
-        get = getattr(type(wrapped), "__get__", None)
-        return wrapped if get is None else get(wrapped, instance, owner)
+    def __reduce_ex__(self, protocol: Any) -> tuple:
+        return getattr, (self.__self__, self.__name__)
+
+    def __reduce__(self) -> tuple:
+        return self.__reduce_ex__(2)
+
+
+class _MethodWrapper(wrapt.FunctionWrapper):
+    """wrapt's wrapper of a patched method (skipped in wrapt's C code while ``WRAPPING`` is False)."""
+
+    __bound_function_wrapper__ = _BoundMethod
 
 
 def _runs_in_worker_threads(parallel: Any) -> bool:
