@@ -163,8 +163,9 @@ class Aggregator:
         ok, durations_by_error = [], {}
         violations: dict[tuple[str, str], int] = {}
         for obs in observations:
-            if obs.validation is not None and obs.validation.counts:
-                for check, count in obs.validation.counts.items():
+            validation = obs.validate()
+            if validation is not None and validation.counts:
+                for check, count in validation.counts.items():
                     violations[check] = violations.get(check, 0) + count
             if obs.error_type is None:
                 ok.append(obs)

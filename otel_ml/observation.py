@@ -29,9 +29,11 @@ from typing import Any
 import numpy as np
 
 from otel_ml import frame
+from otel_ml.config import TRAINING_METHODS
 
 PREDICTING_OPERATIONS = frozenset({"predict", "predict_proba", "predict_log_proba", "decision_function",
                                    "fit_predict"})
+TRAINING_OPERATIONS = frozenset(TRAINING_METHODS)
 
 
 class Predictions:
@@ -78,7 +80,7 @@ class Observation:
     """One outermost model call."""
 
     __slots__ = ("model", "operation", "inputs", "output", "duration", "n_rows", "error_type", "validation",
-                 "_trace_id", "_span_id", "_prediction_id", "_predictions", "_table", "_table_max_rows",
+                 "_trace_id", "_span_id", "_prediction_id", "_predictions", "_table", "_table_max_rows", "_validated",
                  "span_summary")
 
     def __init__(self, model: Any, operation: str, inputs: Any, n_rows: int, table_max_rows: int | None = None) -> None:
@@ -89,7 +91,8 @@ class Observation:
         self.output: Any = None  # the return value; None when the call raised
         self.duration = 0.0  # seconds
         self.error_type: str | None = None
-        self.validation: Any = None  # ValidationResult when a baseline was checked
+        self.validation: Any = None  # ValidationResult when a baseline was checked (see validate())
+        self._validated = False
         self._trace_id = 0  # of the call's span, or of the unsampled trace it ran in (0: none)
         self._span_id = 0  # of the call's span (0: the call has no span)
         self._prediction_id: str | None = None
@@ -125,6 +128,20 @@ class Observation:
             self._predictions = read_predictions(self.operation, self.output, self.model.class_labels,
                                                  self.model.is_classifier)
         return self._predictions
+
+    def validate(self) -> Any:
+        """The inputs checked against the model's baseline, once: a
+        :class:`~otel_ml.validation.ValidationResult`, or None (no baseline, no inputs, a training call).
+        Off the request path unless validation is strict (the call then waits for it, and a check that
+        raised :class:`~otel_ml.validation.InputValidationError` is not repeated: None)."""
+        if not self._validated:
+            self._validated = True
+            validator = self.model.validator
+            if validator is not None and self.inputs is not None and self.operation not in TRAINING_OPERATIONS:
+                table = self.table()
+                if table is not None:
+                    self.validation = validator.check(table)
+        return self.validation
 
     def table(self) -> frame.Table | None:
         """The inputs as a Table (an evenly spaced sample of rows for very large batches), built once."""

@@ -35,12 +35,11 @@ from otel_ml.aggregator import Aggregator
 from otel_ml.config import Config
 from otel_ml.metrics import ExportLoop, MetricStore, configured_exporter, export_interval_seconds
 from otel_ml.model_state import ModelState, ModelStates
-from otel_ml.observation import PREDICTING_OPERATIONS, Observation, first_prediction
+from otel_ml.observation import PREDICTING_OPERATIONS, TRAINING_OPERATIONS, Observation, first_prediction
 from otel_ml.version import __version__
 
 _log = logging.getLogger("otel_ml")
 
-TRAINING = frozenset({"fit", "fit_transform", "fit_predict", "partial_fit"})
 
 # The Call or Step in progress in this context whose steps get child spans (None outside any model call,
 # and inside a call that has no span yet: a leaf model's span is made after the call).
@@ -306,12 +305,10 @@ class Telemetry:
             call.parent_context, call.span_pending = context, True
             call._trace_id = parent.trace_id if parent.is_valid else ids.generate_trace_id()
             call._span_id = ids.generate_span_id()
-        if state.validator is not None and operation not in TRAINING and inputs is not None:
-            call._table = frame.as_table(inputs, frame.feature_names_of(inputs) or state.feature_names,
-                                         max_rows=self.config.summary_max_rows)
+        if state.validator is not None and state.validator.strict:  # else checked off the request path
             try:
-                call.validation = state.validator.check(call._table)
-            except self.passthrough_errors as exc:  # strict mode: the span records why, the caller gets it
+                call.validate()
+            except self.passthrough_errors as exc:  # the span records why, the caller gets it
                 self.fail(call, exc)
                 raise
         return call
@@ -332,7 +329,7 @@ class Telemetry:
     def end(self, call: Call, output: Any) -> None:
         call.output = output
         self._finish(call)
-        if call.operation in TRAINING:
+        if call.operation in TRAINING_OPERATIONS:
             self._after_fit(call)
 
     def fail(self, call: Call, exc: BaseException) -> None:
@@ -368,7 +365,7 @@ class Telemetry:
         attributes = self._start_attributes(call)
         if call.error_type is None:
             attributes.update(self._span_attributes(call))
-            if call._span_id and call.operation not in TRAINING:
+            if call._span_id and call.operation not in TRAINING_OPERATIONS:
                 attributes[semconv.PREDICTION_ID] = call.row_id(0)
         else:
             attributes[semconv.ERROR_TYPE] = call.error_type
@@ -386,7 +383,7 @@ class Telemetry:
         else:
             if not attributes_set:
                 span.set_attributes(self._span_attributes(call))
-            if call.operation not in TRAINING and not call._span_id:  # the id names the span: known only now
+            if call.operation not in TRAINING_OPERATIONS and not call._span_id:  # the id names the span: known only now
                 span_context = span.get_span_context()
                 call._trace_id, call._span_id = span_context.trace_id, span_context.span_id
                 span.set_attribute(semconv.PREDICTION_ID, call.row_id(0))
@@ -413,7 +410,7 @@ class Telemetry:
 
     def _add_events(self, call: Call, span: Any) -> None:
         """Validation violations of this call, and a drift window that closed since the last call."""
-        validation = call.validation
+        validation = call.validate()
         if validation is not None and validation.total:
             span.set_attribute(semconv.VALIDATION_VIOLATIONS, validation.total)
             config = self.config

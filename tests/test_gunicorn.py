@@ -62,6 +62,11 @@ APP = textwrap.dedent('''
             return jsonify(error="expected a list of rows"), 400
         proba = model.predict_proba(np.asarray(body, dtype=float))[:, 1]
         return jsonify(pid=os.getpid(), probability=proba.tolist())
+
+
+    @app.get("/pid")  # readiness: not traced (OTEL_PYTHON_FLASK_EXCLUDED_URLS), no model call
+    def pid():
+        return jsonify(pid=os.getpid())
 ''')
 
 KINDS = {"/v1/traces": ExportTraceServiceRequest, "/v1/metrics": ExportMetricsServiceRequest,
@@ -148,6 +153,7 @@ def run(tmp_path_factory, breast_cancer):
         "OTEL_BSP_MAX_QUEUE_SIZE": "100000", "OTEL_BLRP_MAX_QUEUE_SIZE": "100000",
         "OTEL_BLRP_MAX_EXPORT_BATCH_SIZE": "100000",
         "OTEL_ML_PREDICTION_RECORDS_RATE": "1", "OTEL_ML_PREDICT_ROUTES": "/predict",
+        "OTEL_PYTHON_FLASK_EXCLUDED_URLS": "pid",
         "MODEL_PATH": str(work / "gmodel.pkl"),
         "PYTHONPATH": os.pathsep.join([str(work), env.get("PYTHONPATH", "")]).strip(os.pathsep),
     })
@@ -168,6 +174,12 @@ def run(tmp_path_factory, breast_cancer):
                 if server.poll() is not None or time.monotonic() > deadline:
                     pytest.fail(f"gunicorn did not start: {(work / 'gunicorn.log').read_text()[-3000:]}")
                 time.sleep(0.3)
+        ready: set[int] = set()  # every worker booted, so that the traffic below reaches each of them
+        with ThreadPoolExecutor(8) as pool:
+            while len(ready) < WORKERS:
+                if server.poll() is not None or time.monotonic() > deadline:
+                    pytest.fail(f"workers did not boot: {(work / 'gunicorn.log').read_text()[-3000:]}")
+                ready.update(pool.map(lambda _: requests.get(f"{url}/pid", timeout=20).json()["pid"], range(24)))
 
         def call(i: int) -> tuple[int, list[str]]:
             if i % 10 == 9:  # a rejected request

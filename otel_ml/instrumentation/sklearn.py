@@ -42,13 +42,13 @@ from opentelemetry.instrumentation.instrumentor import BaseInstrumentor
 from otel_ml import config as config_module
 from otel_ml import identity
 from otel_ml.model_state import is_composite_class
+from otel_ml.observation import TRAINING_OPERATIONS
 from otel_ml.package import _instruments_sklearn
 from otel_ml.telemetry import ACTIVE, WRAPPING, Call, Step, Telemetry
 
 _log = logging.getLogger("otel_ml")
 
 _INPUT_KEYWORDS = ("X", "raw_documents")
-_TRAINING = frozenset({"fit", "fit_transform", "fit_predict", "partial_fit"})
 
 
 def _inputs(args: tuple, kwargs: dict) -> Any:
@@ -149,7 +149,7 @@ class _Patcher:
         telemetry = self.telemetry
         try:
             call: Call = telemetry.begin(instance, method, _inputs(args, kwargs))
-            if method in _TRAINING:
+            if method in TRAINING_OPERATIONS:
                 call.targets = args[1] if len(args) > 1 else kwargs.get("y")
         except telemetry.passthrough_errors:
             raise  # strict input validation: the caller asked for this error
