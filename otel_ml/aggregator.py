@@ -2,14 +2,15 @@
 
 The request thread appends each :class:`~otel_ml.observation.Observation` to a bounded queue (a
 ``deque.append``, well under a microsecond). A daemon thread drains it once ``WAKE_EVERY`` calls
-have queued up, at most ``SPAN_DELAY`` seconds after a call whose span it writes (a leaf model's
-span, see :mod:`otel_ml.telemetry`), and the metric export drains it before collecting, so an export
-never misses a finished call. Otherwise the thread sleeps until woken: a thread that wakes on a
-timer, however idle, makes every GIL hand-off of a model that releases the GIL often (a random forest
-releases it once per tree) measurably slower: about 2 ms per 100-tree forest call here. When the queue
-is full the observation (with its span, when this thread would write it, as the SDK's batch span
-processor drops spans when its own queue is full) is dropped and counted in ``ml.observations.dropped``:
-memory stays bounded whatever the traffic.
+have queued up and otherwise every ``flush_interval`` seconds (the SDK's batch span processor delay,
+``OTEL_BSP_SCHEDULE_DELAY``: it writes the spans of leaf models, see :mod:`otel_ml.telemetry`, as often
+as the SDK exports spans), and the metric export drains it before collecting, so an export never misses
+a finished call. Nothing on the request path wakes the thread otherwise: on this machine kind every
+wake of another thread while a model that releases the GIL often runs (a random forest releases it
+once per tree) slows the next hundred milliseconds of that model by up to half. When the queue is
+full the observation (with its span, when this thread would write it, as the SDK's batch span
+processor drops spans when its own queue is full) is dropped and counted in
+``ml.observations.dropped``: memory stays bounded whatever the traffic.
 
 Counts are exact: rows, errors, predicted classes, prediction-score buckets and missing values are
 computed over every row of every call. Batches larger than ``OTEL_ML_SUMMARY_MAX_ROWS`` are validated,
@@ -30,7 +31,7 @@ import numpy as np
 
 from otel_ml import frame, semconv
 from otel_ml.config import Config
-from otel_ml.metrics import MetricStore
+from otel_ml.metrics import MetricStore, span_flush_seconds
 from otel_ml.model_state import BASELINE_ATTRIBUTE, ModelState
 from otel_ml.observation import PREDICTING_OPERATIONS, Observation, Predictions, read_predictions
 
@@ -38,7 +39,6 @@ _log = logging.getLogger("otel_ml")
 
 QUEUE_LIMIT = 10_000  # observations waiting for the aggregator
 WAKE_EVERY = 256  # queued calls that wake the aggregator thread
-SPAN_DELAY = 0.5  # seconds a call may wait for its span to be written (more calls join it meanwhile)
 OTHER = "__other__"  # attribute value for features and classes beyond the configured caps
 PREDICTION_FEATURE = "__prediction_score__"  # ml.feature.name of the prediction-score bins
 DROPPED = "ml.observations.dropped"
@@ -53,7 +53,7 @@ class Aggregator:
         self._write_spans = write_spans  # given every drained batch first, in arrival order
         self._queue: collections.deque[Observation] = collections.deque()
         self._wake = threading.Event()
-        self._span_due = False  # a queued call waits for its span: drain within SPAN_DELAY
+        self.flush_interval = span_flush_seconds()
         self._thread: threading.Thread | None = None
         self._stopped = False
         self._drain_lock = threading.Lock()
@@ -111,26 +111,18 @@ class Aggregator:
 
     def _run(self) -> None:
         while not self._stopped:
-            self._wake.wait()
+            self._wake.wait(self.flush_interval)
             self._wake.clear()
-            if self._span_due and not self._stopped:  # let more calls join the span writing ahead
-                self._wake.wait(SPAN_DELAY)
-                self._wake.clear()
-            self._span_due = False
             self.drain()
 
     # -- the request thread's only call ----------------------------------------------------------------
-    def submit(self, observation: Observation, span_pending: bool = False) -> None:
-        """Queue a finished call; ``span_pending``: its span is written on drain, so drain soon."""
+    def submit(self, observation: Observation) -> None:
         queue = self._queue
         if len(queue) >= QUEUE_LIMIT:
             self.dropped.add(observation.model.metric_key, 1)
             return
         queue.append(observation)
         if len(queue) % WAKE_EVERY == 0:
-            self._wake.set()
-        elif span_pending and not self._span_due:
-            self._span_due = True
             self._wake.set()
 
     # -- processing -----------------------------------------------------------------------------------

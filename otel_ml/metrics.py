@@ -285,10 +285,24 @@ class ExportLoop:
 
 def export_interval_seconds() -> float:
     """The SDK's ``OTEL_METRIC_EXPORT_INTERVAL`` (milliseconds, default 60000) in seconds."""
+    return _sdk_milliseconds("OTEL_METRIC_EXPORT_INTERVAL", 60000) / 1000.0
+
+
+def span_flush_seconds() -> float:
+    """The SDK's ``OTEL_BSP_SCHEDULE_DELAY`` (milliseconds, default 5000) in seconds."""
+    return _sdk_milliseconds("OTEL_BSP_SCHEDULE_DELAY", 5000) / 1000.0
+
+
+def _sdk_milliseconds(name: str, default: float) -> float:
+    """An SDK interval variable, at least 50 ms; its default when unset or not a number (as the SDK does).
+
+    >>> _sdk_milliseconds("OTEL_ML_UNSET_FOR_THIS_EXAMPLE", 5000)
+    5000.0
+    """
     try:
-        return max(0.05, float(os.environ.get("OTEL_METRIC_EXPORT_INTERVAL", "60000")) / 1000.0)
+        return max(50.0, float(os.environ.get(name, default)))
     except ValueError:
-        return 60.0
+        return float(default)
 
 
 def configured_exporter() -> tuple[MetricExporter | None, Resource | None]:

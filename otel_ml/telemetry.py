@@ -356,7 +356,7 @@ class Telemetry:
                     listener(call)
                 except Exception as exc:
                     self.internal_error("listener", exc)
-            self.aggregator.submit(call, call.span_pending)
+            self.aggregator.submit(call)
         except Exception as exc:
             self.internal_error("end", exc)
 

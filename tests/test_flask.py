@@ -202,6 +202,8 @@ def test_single_row_request_span_carries_model_and_prediction(service, data, ord
     assert a[semconv.PREDICTION_ID] == prediction_id and semconv.INPUT_ROWS not in a  # rows: batches only
     assert a[semconv.PREDICTION_SCORE] == pytest.approx(response.get_json()["probability"])
     assert a[semconv.PREDICTION_LABEL] == model_span.attributes[semconv.PREDICTION_LABEL]
+    # what the collector's tail sampling decides on is on the request span itself (a model span may come later)
+    assert a[semconv.PREDICTION_CONFIDENCE_MIN] == model_span.attributes[semconv.PREDICTION_CONFIDENCE_MIN]
     assert a["http.route"] == "/predict"
 
 
@@ -464,3 +466,20 @@ def test_leaf_model_ids_are_tied_to_the_trace(service, data):
     expected = f"{server.context.trace_id:032x}-{model_span.context.span_id:016x}-0"
     assert response.headers["X-Prediction-Id"] == expected
     assert model_span.attributes[semconv.PREDICTION_ID] == expected == server.attributes[semconv.PREDICTION_ID]
+
+
+def test_request_span_carries_the_drift_verdict_with_a_baseline(service, model, data):
+    """With a baseline the request span says whether the model's latest drift window drifted (the collector's
+    tail sampling keeps such traces, from the request span alone)."""
+    from otel_ml.baseline import Baseline
+
+    svc = service()
+    telemetry = svc.inst.telemetry
+    state = telemetry.states.get(model)
+    telemetry.aggregator.use_baseline(state, Baseline().fit(data[0]))
+    svc.client.post("/predict", json=row(data))
+    state.drift_detected = True  # as a closed window that drifted sets it
+    svc.client.post("/predict", json=row(data, 1))
+    first, second = svc.server_spans()
+    assert first.attributes[semconv.DRIFT_DETECTED] is False
+    assert second.attributes[semconv.DRIFT_DETECTED] is True

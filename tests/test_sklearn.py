@@ -433,11 +433,13 @@ def test_joblib_work_of_a_model_call_is_part_of_it(instrumented, data):
     assert np.array_equal(forest.predict_proba(X.iloc[:5]), expected)
 
 
-def test_leaf_span_is_written_by_the_aggregator_thread_under_the_callers_parent(instrumented, data):
-    """A leaf model's span leaves the call to the aggregator thread: it arrives within SPAN_DELAY with no
-    flush, as a child of the span active during the call, timed like the call, named by its prediction id."""
-    from otel_ml import aggregator
-
+def test_leaf_span_is_written_by_the_aggregator_thread_under_the_callers_parent(make, data, monkeypatch):
+    """A leaf model's span leaves the call to the aggregator thread: it arrives within the SDK's batch delay
+    (``OTEL_BSP_SCHEDULE_DELAY``) with no flush, as a child of the span active during the call, timed like
+    the call, named by its prediction id."""
+    monkeypatch.setenv("OTEL_BSP_SCHEDULE_DELAY", "200")
+    instrumented = make()
+    assert instrumented.telemetry.aggregator.flush_interval == 0.2
     X, y = data
     model = LogisticRegression(max_iter=3000).fit(X, y)
     instrumented.clear_spans()
@@ -446,7 +448,7 @@ def test_leaf_span_is_written_by_the_aggregator_thread_under_the_callers_parent(
     with tracer.start_as_current_span("request") as parent:
         model.predict_proba(X.iloc[:1])
     after = time.time_ns()
-    deadline = time.monotonic() + aggregator.SPAN_DELAY + 5
+    deadline = time.monotonic() + 5
     while time.monotonic() < deadline and len(instrumented.spans.get_finished_spans()) < 2:
         time.sleep(0.05)
     spans = {s.name: s for s in instrumented.spans.get_finished_spans()}  # no drain: the thread wrote it

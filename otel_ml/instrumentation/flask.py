@@ -20,8 +20,11 @@ What it does, for every Flask app in the process (old or new, instrumented by Fl
   ``/predict``), so that they count rejected requests from the first one. Other routes are untouched.
 * **The request's server span** (from ``opentelemetry-instrumentation-flask``) gets the model's identity
   (``ml.model.name``, ``ml.model.version``, ``ml.model.id``), ``ml.prediction.id`` of row 0,
-  ``ml.input.rows`` (batches) and the prediction summary of the model span (label and score of one row; class
-  counts and score percentiles of a batch). The model spans are its children.
+  ``ml.input.rows`` (batches), the prediction summary of the model span (label, score and confidence of one
+  row; class counts, lowest confidence and score percentiles of a batch) and ``ml.drift.detected`` (with a
+  baseline). The model spans are its children; a leaf model's span reaches the exporter up to one batch
+  delay after the server span, and the server span alone carries what the collector's tail sampling
+  decides on (errors, latency, drift, low confidence).
 * **Prediction ids** (``<trace id>-<span id>-<row>``, unique across replicas, tied to the trace) go back
   to the caller of a successful (2xx) predict request:
 
@@ -182,7 +185,9 @@ class _RequestHandler:
             calls = [obs for obs in collected if obs.model is prediction.state and obs.n_rows == n]
             call = next((obs for obs in calls if obs.operation in outcomes.PROBABILITY_OPERATIONS), calls[0])
         attributes.update(prediction_attributes(call, telemetry.config.max_classes))
-        attributes.pop(semconv.PREDICTION_CONFIDENCE_MIN, None)  # on the model span; every attribute costs
+        state = prediction.state
+        if state.drift is not None:
+            attributes[semconv.DRIFT_DETECTED] = state.drift_detected
         span.set_attributes(attributes)
 
     # -- prediction ids in the response ------------------------------------------------------------------
