@@ -1,10 +1,13 @@
 """Turning a model call into a span, and handing its observation to the aggregator.
 
-The request path does only this: run the model, make its span with the model's cached attributes and a
-few numbers read off the output, and append the finished :class:`Call` (an
-:class:`~otel_ml.observation.Observation`) to a bounded queue. Metrics, drift and data-quality counts
-are computed off the request path by :class:`~otel_ml.aggregator.Aggregator`. A call whose trace is not
-sampled gets no span and no attribute is computed for it.
+The request path does only this: time the model call, draw the ids its span will have (its prediction
+ids are made of them), and append the finished :class:`Call` (an
+:class:`~otel_ml.observation.Observation`) to a bounded queue. The aggregator thread
+(:class:`~otel_ml.aggregator.Aggregator`) writes the span of a leaf model from it, through a copy of the
+SDK tracer whose id generator hands out those ids (:class:`PresetIds`), and computes metrics, drift and
+data-quality counts. Models with steps get their span before the call (their steps' spans are its
+children), and so does every model when the tracer is not the SDK's. A call whose trace is not sampled
+gets no span and no attribute is computed for it.
 
 Every failure inside otel-ml is caught here, counted in ``ml.instrumentation.errors`` and logged once
 per place and exception type; the user's call and its exception are never altered.
