@@ -131,9 +131,10 @@ class Observation:
 
     def validate(self) -> Any:
         """The inputs checked against the model's baseline, once: a
-        :class:`~otel_ml.validation.ValidationResult`, or None (no baseline, no inputs, a training call).
-        Off the request path unless validation is strict (the call then waits for it, and a check that
-        raised :class:`~otel_ml.validation.InputValidationError` is not repeated: None)."""
+        :class:`~otel_ml.validation.ValidationResult`, or None (no baseline, no inputs, a training call, or
+        a strict check that raised :class:`~otel_ml.validation.InputValidationError`, which is not repeated).
+        Telemetry checks before the model runs: strict mode fails the call then, and the counts describe the
+        inputs as they were passed even when the caller reuses the array afterwards."""
         if not self._validated:
             self._validated = True
             validator = self.model.validator

@@ -1,13 +1,12 @@
-"""Turning a model call into a span, and handing its observation to the aggregator.
+"""Turning a model call into spans, and handing its observation to the aggregator.
 
-The request path does only this: time the model call, draw the ids its span will have (its prediction
-ids are made of them), and append the finished :class:`Call` (an
-:class:`~otel_ml.observation.Observation`) to a bounded queue. The aggregator thread
-(:class:`~otel_ml.aggregator.Aggregator`) writes the span of a leaf model from it, through a copy of the
-SDK tracer whose id generator hands out those ids (:class:`PresetIds`), and computes metrics, drift and
-data-quality counts. Models with steps get their span before the call (their steps' spans are its
-children), and so does every model when the tracer is not the SDK's. A call whose trace is not sampled
-gets no span and no attribute is computed for it.
+The request path does only this: time the model call (and the steps of a model that has steps), draw
+the ids its span will have (its prediction ids are made of them), and append the finished :class:`Call`
+(an :class:`~otel_ml.observation.Observation`) to a bounded queue. The aggregator thread
+(:class:`~otel_ml.aggregator.Aggregator`) writes the call's span and its steps' child spans, through a
+copy of the SDK tracer whose id generator hands out the drawn ids (:class:`PresetIds`), and computes
+metrics, drift and data-quality counts. When the tracer is not the SDK's the same spans are written right
+after the call. A call whose trace is not sampled gets no span and no attribute is computed for it.
 
 Every failure inside otel-ml is caught here, counted in ``ml.instrumentation.errors`` and logged once
 per place and exception type; the user's call and its exception are never altered.
@@ -45,7 +44,7 @@ _log = logging.getLogger("otel_ml")
 
 
 # The Call or Step in progress in this context whose steps get child spans (None outside any model call,
-# and inside a call that has no span yet: a leaf model's span is made after the call).
+# and inside a call whose steps get none: a leaf model, or a call without a span).
 ACTIVE: contextvars.ContextVar[Call | Step | None] = contextvars.ContextVar("otel_ml_active_call", default=None)
 # False while a call runs whose inner model calls are part of it with nothing of their own (a leaf model,
 # a call without a span, a leaf step, baseline capture, and joblib tasks they dispatch): the patched
@@ -56,35 +55,37 @@ WRAPPING: contextvars.ContextVar[bool] = contextvars.ContextVar("otel_ml_wrappin
 class Call(Observation):
     """An outermost model call: the :class:`Observation` it becomes, plus what it needs while it runs.
 
-    Its span is made in one of three ways. A model that calls other models (``state.composite``:
-    pipelines, column transformers, searches, calibration, voting, stacking) gets its span before the
-    call, so that its steps' spans can be its children. Any other model's span is written after the
-    call with an explicit start time and every attribute at once: by the aggregator thread when the
-    tracer is the SDK's (``span_pending``: the call drew its span's ids when it ran, see
-    :class:`PresetIds`), else right after the call. The finished call itself is what the listeners and
-    the aggregator receive (``model`` is its :class:`~otel_ml.model_state.ModelState`).
+    Its span is written after the call, with an explicit start time and every attribute at once, as a
+    child of the span that was active when it ran: by the aggregator thread when the tracer is the SDK's
+    (``span_pending``: the call drew its span's ids when it ran, see :class:`PresetIds`), else right after
+    the call. A model that calls other models (``state.composite``: pipelines, column transformers,
+    searches, calibration, voting, stacking) records its ``steps`` meanwhile; they become child spans.
+    The finished call itself is what the listeners and the aggregator receive (``model`` is its
+    :class:`~otel_ml.model_state.ModelState`).
     """
 
-    __slots__ = ("estimator", "span", "targets", "start", "start_ns", "end_ns", "children", "_context",
-                 "unsampled_parent", "parent_context", "span_pending", "exception")
+    __slots__ = ("estimator", "targets", "start", "start_ns", "end_ns", "steps", "unsampled_parent",
+                 "parent_context", "span_pending", "exception")
 
     def __init__(self, estimator: Any, state: ModelState, operation: str, inputs: Any, n_rows: int,
                  table_max_rows: int | None = None) -> None:
         Observation.__init__(self, state, operation, inputs, n_rows, table_max_rows)
         self.estimator = estimator
-        self.span: Any = None  # set before the call for composites, after it otherwise
         self.targets: Any = None  # y of a training call
-        self.children = 0
-        self._context = None
+        self.steps: list[Step] | None = None  # the model calls inside this one, when they get spans
         # the active span's context when its trace is not sampled and this call's span would be dropped
         # too: then no span is made at all (metrics, drift and validation still count the call)
         self.unsampled_parent: Any = None
-        self.parent_context: Any = None  # the context the call ran in, for a span written later
-        self.span_pending = False  # whether the aggregator thread writes this call's span
+        self.parent_context: Any = None  # the context the call ran in: its span's parent
+        self.span_pending = False  # whether the aggregator thread writes this call's spans
         self.exception: BaseException | None = None  # what the call raised, until its span is written
         self.end_ns = 0
         self.start_ns = time.time_ns()
         self.start = time.perf_counter_ns()
+
+    @property
+    def call(self) -> Call:  # the outermost call, as for a Step
+        return self
 
     def finish_times(self) -> None:
         """Set ``duration`` (seconds) and ``end_ns`` (the span's end, ns since the epoch) now."""
@@ -92,32 +93,42 @@ class Call(Observation):
         self.duration = elapsed / 1e9
         self.end_ns = self.start_ns + elapsed
 
-    def context(self) -> Any:
-        if self._context is None:
-            self._context = trace.set_span_in_context(self.span)
-        return self._context
-
     def release(self) -> None:
-        """Drop the span objects once the span has ended (the call may wait in the aggregator's queue, and
-        outcome joins keep it longer): its ids stay, for the prediction ids."""
-        if self.span is not None:
-            span_context = self.span.get_span_context()
-            if span_context.is_valid:
-                self._trace_id, self._span_id = span_context.trace_id, span_context.span_id
-        self.span = self._context = self.parent_context = self.exception = None
+        """Drop what only the spans needed once they are written (the call may wait in the aggregator's
+        queue, and outcome joins keep it longer): its ids stay, for the prediction ids."""
+        self.parent_context = self.exception = self.steps = None
+        self.span_pending = False
+
+
+class Step:
+    """A model call inside another (a pipeline step, a search's candidate): a child span, nothing else."""
+
+    __slots__ = ("estimator", "operation", "parent", "call", "start_ns", "end_ns", "error_type", "exception")
+
+    def __init__(self, estimator: Any, operation: str, parent: Call | Step) -> None:
+        self.estimator, self.operation, self.parent, self.call = estimator, operation, parent, parent.call
+        self.error_type: str | None = None
+        self.exception: BaseException | None = None
+        self.end_ns = 0
+        self.start_ns = time.time_ns()
+
+    def finish(self, exc: BaseException | None = None) -> None:
+        self.end_ns = time.time_ns()
+        if exc is not None:
+            self.error_type, self.exception = error_type(exc), exc
 
 
 class PresetIds(IdGenerator):
     """The id generator of otel-ml's background tracer (a copy of the SDK tracer otel-ml would use).
 
-    A leaf model's span is written by the aggregator thread after the call, but the call needs its ids
+    A model call's span is written by the aggregator thread after the call, but the call needs its ids
     when it runs: its prediction ids (``<trace id>-<span id>-<row>``) go back to the caller. So the call
     draws them from the real generator, and this one hands them to the SDK when the span is written.
 
     >>> ids = PresetIds(RandomIdGenerator())
     >>> ids.preset(trace_id=7, span_id=9)
-    >>> ids.generate_trace_id(), ids.generate_span_id()
-    (7, 9)
+    >>> ids.generate_trace_id(), ids.generate_span_id(), ids.generate_span_id() != 9
+    (7, 9, True)
     """
 
     def __init__(self, source: IdGenerator) -> None:
@@ -125,13 +136,16 @@ class PresetIds(IdGenerator):
         self._trace_id = self._span_id = 0
 
     def preset(self, trace_id: int, span_id: int) -> None:
+        """The ids of the next span (its steps' spans get new ones)."""
         self._trace_id, self._span_id = trace_id, span_id
 
     def generate_trace_id(self) -> int:  # called by the SDK for a root span only
-        return self._trace_id
+        trace_id, self._trace_id = self._trace_id, 0
+        return trace_id or self.source.generate_trace_id()
 
     def generate_span_id(self) -> int:
-        return self._span_id
+        span_id, self._span_id = self._span_id, 0
+        return span_id or self.source.generate_span_id()
 
     def is_trace_id_random(self) -> bool:
         return self.source.is_trace_id_random()
@@ -146,29 +160,6 @@ def background_tracer(provider: Any) -> tuple[Any, PresetIds] | None:
     background = copy.copy(tracer)
     background.id_generator = ids
     return background, ids
-
-
-class Step:
-    """A model call inside another (a pipeline step): a child span, nothing else."""
-
-    __slots__ = ("estimator", "span", "parent", "_context")
-
-    def __init__(self, estimator: Any, span: Any, parent: Call) -> None:
-        self.estimator, self.span, self.parent = estimator, span, parent
-        self._context = None
-
-    @property
-    def children(self) -> int:
-        return self.parent.children
-
-    @children.setter
-    def children(self, value: int) -> None:
-        self.parent.children = value
-
-    def context(self) -> Any:
-        if self._context is None:
-            self._context = trace.set_span_in_context(self.span)
-        return self._context
 
 
 def error_type(exc: BaseException) -> str:
@@ -301,14 +292,16 @@ class Telemetry:
         parent = trace.get_current_span(context).get_span_context()
         if self._skip_unsampled and parent.is_valid and not parent.trace_flags.sampled:
             call.unsampled_parent, call._trace_id = parent, parent.trace_id
-        elif state.composite:
-            call.span = self._start_span(call, self._start_attributes(call))
-        elif self._background is not None:  # the span is written later, under the ids drawn now
-            ids = self._background[1].source
-            call.parent_context, call.span_pending = context, True
-            call._trace_id = parent.trace_id if parent.is_valid else ids.generate_trace_id()
-            call._span_id = ids.generate_span_id()
-        if state.validator is not None and state.validator.strict:  # else checked off the request path
+        else:
+            call.parent_context = context
+            if state.composite:
+                call.steps = []
+            if self._background is not None:  # the spans are written later, under the ids drawn now
+                ids = self._background[1].source
+                call.span_pending = True
+                call._trace_id = parent.trace_id if parent.is_valid else ids.generate_trace_id()
+                call._span_id = ids.generate_span_id()
+        if state.validator is not None:  # now: strict mode fails the call, and a caller may reuse its array
             try:
                 call.validate()
             except self.passthrough_errors as exc:  # the span records why, the caller gets it
@@ -324,11 +317,6 @@ class Telemetry:
             attributes[semconv.INPUT_FEATURES] = frame.n_features_of(call.inputs)
         return attributes
 
-    def _start_span(self, call: Call, attributes: dict, tracer: Any = None) -> Any:
-        span_name = call.model.operation(call.operation)[0]
-        return (tracer or self.tracer).start_span(span_name, context=call.parent_context, kind=SpanKind.INTERNAL,
-                                                  attributes=attributes, start_time=call.start_ns)
-
     def end(self, call: Call, output: Any) -> None:
         call.output = output
         self._finish(call)
@@ -340,20 +328,12 @@ class Telemetry:
         self._finish(call)
 
     def _finish(self, call: Call) -> None:
-        """Times, then the span (unless the aggregator thread writes it), then the call to the listeners and
+        """Times, the spans (unless the aggregator thread writes them), then the call to the listeners and
         the aggregator."""
         call.finish_times()
         try:
-            if not call.span_pending and call.unsampled_parent is None:
-                try:
-                    if call.span is None:  # a leaf model without the background tracer: its span now
-                        self._write_span(call, self.tracer)
-                    else:  # a composite's span, started before the call
-                        self._complete_span(call, call.span)
-                finally:
-                    if call.span is not None:
-                        call.span.end(end_time=call.end_ns)
-                    call.release()
+            if not call.span_pending and call.unsampled_parent is None:  # no SDK tracer: the spans now
+                self._write_spans_of(call, self.tracer)
             for listener in self.listeners:
                 try:
                     listener(call)
@@ -363,53 +343,66 @@ class Telemetry:
         except Exception as exc:
             self.internal_error("end", exc)
 
-    def _write_span(self, call: Call, tracer: Any) -> None:
-        """A leaf model's span, written after the call: one span with every attribute at once."""
-        attributes = self._start_attributes(call)
-        if call.error_type is None:
-            attributes.update(self._span_attributes(call))
-            if call._span_id and call.operation not in TRAINING_OPERATIONS:
-                attributes[semconv.PREDICTION_ID] = call.row_id(0)
-        else:
-            attributes[semconv.ERROR_TYPE] = call.error_type
-        call.span = self._start_span(call, attributes, tracer)
-        self._complete_span(call, call.span, attributes_set=True)
-
-    def _complete_span(self, call: Call, span: Any, attributes_set: bool = False) -> None:
-        """What a span learns at the end of its call: the outputs' attributes, or the error; events."""
-        if not span.is_recording():
-            return
-        if call.error_type is not None:
-            if not attributes_set:
-                span.set_attribute(semconv.ERROR_TYPE, call.error_type)
-            self._record_error(span, call.exception, call.error_type)
-        else:
-            if not attributes_set:
-                span.set_attributes(self._span_attributes(call))
-            if call.operation not in TRAINING_OPERATIONS and not call._span_id:  # the id names the span: known only now
-                span_context = span.get_span_context()
-                call._trace_id, call._span_id = span_context.trace_id, span_context.span_id
-                span.set_attribute(semconv.PREDICTION_ID, call.row_id(0))
-        self._add_events(call, span)
-
     def _write_spans(self, observations: list[Observation]) -> None:
-        """On the aggregator thread: the spans of the queued calls that wait for one."""
+        """On the aggregator thread (under its drain lock: one writer at a time), the spans of the queued
+        calls that wait for them."""
         if self._background is None:
             return
         tracer, ids = self._background
         for call in observations:
-            if not getattr(call, "span_pending", False):
-                continue
-            try:
+            if getattr(call, "span_pending", False):
                 ids.preset(call._trace_id, call._span_id)
-                self._write_span(call, tracer)
-            except Exception as exc:
-                self.internal_error("span", exc)
-            finally:
-                if call.span is not None:
-                    call.span.end(end_time=call.end_ns)
-                call.span_pending = False
-                call.release()
+                self._write_spans_of(call, tracer)
+
+    def _write_spans_of(self, call: Call, tracer: Any) -> None:
+        """A call's span, with every attribute at once, and its steps' spans as its children."""
+        span = None
+        try:
+            attributes = self._start_attributes(call)
+            if call.error_type is None:
+                attributes.update(self._span_attributes(call))
+                if call._span_id and call.operation not in TRAINING_OPERATIONS:
+                    attributes[semconv.PREDICTION_ID] = call.row_id(0)
+            else:
+                attributes[semconv.ERROR_TYPE] = call.error_type
+            span = tracer.start_span(call.model.operation(call.operation)[0], context=call.parent_context,
+                                     kind=SpanKind.INTERNAL, attributes=attributes, start_time=call.start_ns)
+            if not call._span_id:  # without the SDK tracer the ids are known only now
+                span_context = span.get_span_context()
+                if span_context.is_valid:
+                    call._trace_id, call._span_id = span_context.trace_id, span_context.span_id
+                if span.is_recording() and call.error_type is None and call.operation not in TRAINING_OPERATIONS:
+                    span.set_attribute(semconv.PREDICTION_ID, call.row_id(0))
+            if span.is_recording():
+                if call.error_type is not None:
+                    self._record_error(span, call.exception, call.error_type)
+                self._add_events(call, span)
+                if call.steps:
+                    self._write_steps(call, span, tracer)
+        except Exception as exc:
+            self.internal_error("span", exc)
+        finally:
+            if span is not None:
+                span.end(end_time=call.end_ns)
+            call.release()
+
+    def _write_steps(self, call: Call, span: Any, tracer: Any) -> None:
+        """The steps' spans, each under its parent's (a step starts after its parent: parents come first)."""
+        written: dict[int, Any] = {id(call): span}
+        for step in call.steps or ():
+            parent = written.get(id(step.parent))
+            if parent is None:
+                continue
+            model_class = type(step.estimator).__name__
+            attributes = {semconv.OPERATION_NAME: step.operation, semconv.MODEL_CLASS: model_class}
+            if step.error_type is not None:
+                attributes[semconv.ERROR_TYPE] = step.error_type
+            child = tracer.start_span(f"{step.operation} {model_class}", context=trace.set_span_in_context(parent),
+                                      kind=SpanKind.INTERNAL, attributes=attributes, start_time=step.start_ns)
+            if step.error_type is not None:
+                self._record_error(child, step.exception, step.error_type, event=False)
+            child.end(end_time=step.end_ns or call.end_ns)
+            written[id(step)] = child
 
     def _add_events(self, call: Call, span: Any) -> None:
         """Validation violations of this call, and a drift window that closed since the last call."""
@@ -497,21 +490,17 @@ class Telemetry:
 
     # -- steps inside a composite model ----------------------------------------------------------------
     def begin_step(self, parent: Call | Step, model: Any, operation: str) -> Step | None:
-        if parent.span is None or parent.children >= self.config.max_child_spans or not parent.span.is_recording():
+        """Record a step of ``parent``'s outermost call (None past ``OTEL_ML_MAX_CHILD_SPANS``); appending
+        to a list is safe from joblib's worker threads too."""
+        steps = parent.call.steps
+        if steps is None or len(steps) >= self.config.max_child_spans:
             return None
-        parent.children += 1
-        span = self.tracer.start_span(f"{operation} {type(model).__name__}", context=parent.context(),
-                                      kind=SpanKind.INTERNAL,
-                                      attributes={semconv.OPERATION_NAME: operation,
-                                                  semconv.MODEL_CLASS: type(model).__name__})
-        return Step(model, span, parent if isinstance(parent, Call) else parent.parent)
+        step = Step(model, operation, parent)
+        steps.append(step)
+        return step
 
     def end_step(self, step: Step, exc: BaseException | None = None) -> None:
-        if exc is not None:
-            kind = error_type(exc)
-            step.span.set_attribute(semconv.ERROR_TYPE, kind)
-            self._record_error(step.span, exc, kind, event=False)
-        step.span.end()
+        step.finish(exc)
 
     def _record_error(self, span: Any, exc: BaseException, kind: str, event: bool = True) -> None:
         """Error status and exception event. scikit-learn's messages quote the offending input ("Found

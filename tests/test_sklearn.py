@@ -461,21 +461,29 @@ def test_leaf_span_is_written_by_the_aggregator_thread_under_the_callers_parent(
 
 
 def test_background_and_immediate_spans_are_alike(make, data):
-    """Without the SDK's tracer (no preset ids) a leaf span is written right after the call: same content."""
+    """Without the SDK's tracer (no preset ids) the spans are written right after the call: the same spans,
+    a pipeline's steps as children of its span, errors included."""
     X, y = data
-    model = LogisticRegression(max_iter=3000).fit(X, y)
+    leaf = LogisticRegression(max_iter=3000).fit(X, y)
+    pipeline = make_pipeline(StandardScaler(), LogisticRegression(max_iter=3000)).fit(X, y)
     found = []
     for background in (True, False):
         inst = make()
         inst.telemetry._ensure_started()
         if not background:
             inst.telemetry._background = None
-        model.predict_proba(X.iloc[:1])
-        with pytest.raises(ValueError):
-            model.predict_proba(X.iloc[:1, :3])
-        found.append([(s.name, s.kind, s.status.status_code, s.parent,
+        for model in (leaf, pipeline):
+            model.predict_proba(X.iloc[:1])
+            with pytest.raises(ValueError):
+                model.predict_proba(X.iloc[:1, :3])
+        spans = inst.finished()
+        by_id = {s.context.span_id: s.name for s in spans}
+        found.append([(s.name, s.kind, s.status.status_code, by_id.get(s.parent.span_id) if s.parent else None,
                        {k: v for k, v in s.attributes.items() if k != semconv.PREDICTION_ID},
-                       [(e.name, dict(e.attributes)) for e in s.events]) for s in inst.finished()])
-        assert all(semconv.PREDICTION_ID in s.attributes for s in inst.finished() if s.status.status_code != StatusCode.ERROR)
+                       [(e.name, dict(e.attributes)) for e in s.events]) for s in spans])
+        assert all(semconv.PREDICTION_ID in s.attributes for s in spans
+                   if s.parent is None and s.status.status_code != StatusCode.ERROR)
         inst.instrumentor.uninstrument()
-    assert found[0] == found[1] and len(found[0]) == 2
+    assert found[0] == found[1]
+    names = [(name, parent) for name, _, _, parent, _, _ in found[0]]
+    assert ("predict_proba Pipeline", None) in names and ("transform StandardScaler", "predict_proba Pipeline") in names

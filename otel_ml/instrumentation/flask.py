@@ -22,8 +22,8 @@ What it does, for every Flask app in the process (old or new, instrumented by Fl
   (``ml.model.name``, ``ml.model.version``, ``ml.model.id``), ``ml.prediction.id`` of row 0,
   ``ml.input.rows`` (batches), the prediction summary of the model span (label, score and confidence of one
   row; class counts, lowest confidence and score percentiles of a batch) and ``ml.drift.detected`` (with a
-  baseline). The model spans are its children; a leaf model's span reaches the exporter up to one batch
-  delay after the server span, and the server span alone carries what the collector's tail sampling
+  baseline). The model spans are its children; they reach the exporter up to one batch delay after the
+  server span, and the server span alone carries what the collector's tail sampling
   decides on (errors, latency, drift, low confidence).
 * **Prediction ids** (``<trace id>-<span id>-<row>``, unique across replicas, tied to the trace) go back
   to the caller of a successful (2xx) predict request:

@@ -156,9 +156,9 @@ class _Patcher:
         except Exception as exc:
             telemetry.internal_error("begin", exc)
             return wrapped(*args, **kwargs)
-        # a call with a span now (a composite) is the parent of its steps' spans; in any other call, inner
-        # model calls are part of it and skip the wrapper altogether
-        marker, value = (ACTIVE, call) if call.span is not None else (WRAPPING, False)
+        # a call whose steps get spans (a composite) is their parent; in any other call, inner model calls
+        # are part of it and skip the wrapper altogether
+        marker, value = (ACTIVE, call) if call.steps is not None else (WRAPPING, False)
         token = marker.set(value)
         try:
             result = wrapped(*args, **kwargs)
