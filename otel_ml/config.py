@@ -272,7 +272,10 @@ def markdown() -> str:
         "Every setting is an environment variable, read once when the instrumentor starts",
         "(`otel_ml/config.py`); an invalid value stops start-up with an error naming the variable and the value.",
         "`opentelemetry-instrument` also accepts each as a flag (`OTEL_ML_MODEL_NAME` → `--ml_model_name`).",
-        "The standard `OTEL_*` variables (service name, exporters, endpoints, sampling) work as usual.", "",
+        "The standard `OTEL_*` variables (service name, exporters, endpoints, sampling) work as usual; two of them",
+        "also set otel-ml's pace: `OTEL_BSP_SCHEDULE_DELAY` (default 5000 ms), how often its background thread",
+        "writes the queued calls' spans and counts (and at least every 256 calls), and",
+        "`OTEL_METRIC_EXPORT_INTERVAL` (default 60000 ms), how often its metrics are exported.", "",
         "| variable | default | meaning |", "|---|---|---|",
     ]
     for var in VARIABLES:
