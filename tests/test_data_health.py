@@ -160,3 +160,25 @@ def test_one_row_calls_count_like_one_batch(make, tmp_path):
     one_by_one = counters([rows.iloc[[i]] for i in range(len(rows))])
     assert one_by_one == counters([rows])
     assert one_by_one[("x1", None)] == 18 and sum(v for (f, b), v in one_by_one.items() if f == "colour") == 120
+
+
+@pytest.mark.parametrize("case", ["clean", "nan", "inf_both_signs", "huge_finite", "float32"])
+def test_missing_counts_equal_a_plain_count(case):
+    """The BLAS shortcut of missing counts never changes them: NaN, infinities of both signs in one column,
+    finite values whose sum overflows, float32 inputs."""
+    from otel_ml.frame import as_table
+
+    rng = np.random.default_rng(5)
+    X = rng.normal(size=(2000, 6))
+    if case == "nan":
+        X[rng.integers(0, 2000, 40), 1] = np.nan
+    if case == "inf_both_signs":
+        X[3, 2], X[4, 2], X[5, 4] = np.inf, -np.inf, np.inf
+    if case == "huge_finite":
+        X[:, 0] = 1e308
+        X[7, 0] = np.nan
+    if case == "float32":
+        X = X.astype(np.float32)
+        X[9, 5] = np.nan
+    expected = (~np.isfinite(X)).sum(axis=0)
+    assert as_table(X, [f"f{i}" for i in range(6)]).missing_counts().tolist() == expected.tolist()
