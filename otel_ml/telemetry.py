@@ -202,7 +202,7 @@ class Telemetry:
         self.tracer = trace.get_tracer("otel_ml", __version__, tracer_provider)
         self._tracer_provider = tracer_provider
         # decided at the first call (the global provider may be set after us): whether calls under an
-        # unsampled parent skip their span, and the tracer that writes leaf spans on the aggregator thread
+        # unsampled parent skip their span, and the tracer that writes spans on the aggregator thread
         self._skip_unsampled = False
         self._background: tuple[Any, PresetIds] | None = None
         self.states = ModelStates(config, on_new_state=self._attach_data_health)
