@@ -133,7 +133,10 @@ class Aggregator:
             queue = self._queue
             drained = [queue.popleft() for _ in range(len(queue))]
             if self._write_spans is not None and drained:
-                self._write_spans(drained)
+                try:
+                    self._write_spans(drained)
+                except Exception as exc:  # the counts below must not be lost with the spans
+                    self._on_error("span", exc)
             groups: dict[tuple[int, str], list[Observation]] = {}
             for obs in drained:
                 groups.setdefault((id(obs.model), obs.operation), []).append(obs)

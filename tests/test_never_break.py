@@ -153,3 +153,25 @@ def test_bound_methods_still_go_to_worker_processes(make):
     chunks = np.array_split(X, 4)
     parts = joblib.Parallel(n_jobs=2, backend="loky")(joblib.delayed(model.predict_proba)(c) for c in chunks)
     assert np.array_equal(np.vstack(parts), expected)
+
+
+def test_a_failing_span_writer_loses_no_count(make):
+    """The aggregator thread's span writing fails (a broken tracer): the call is unaffected, its counts
+    arrive, and the failure is counted once under ml.instrumentation.errors."""
+    rng = np.random.default_rng(4)
+    X, y = rng.normal(size=(50, 3)), rng.integers(0, 2, 50)
+    model = LogisticRegression().fit(X, y)
+    expected = model.predict_proba(X[:5])
+    inst = make()
+    inst.telemetry._ensure_started()
+
+    class BrokenTracer:
+        def start_span(self, *args, **kwargs):
+            raise RuntimeError("exporter misconfigured")
+
+    inst.telemetry._background = (BrokenTracer(), inst.telemetry._background[1])
+    assert np.array_equal(model.predict_proba(X[:5]), expected)
+    metrics = inst.flush()
+    assert metrics.value(semconv.INPUT_ROWS_METRIC) == 5
+    assert metrics.value(semconv.INSTRUMENTATION_ERRORS, ml__instrumentation__location="span") == 1
+    assert inst.finished() == []
