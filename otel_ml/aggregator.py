@@ -1,8 +1,8 @@
 """Off the request path: observations become metrics, drift windows and data-quality counts.
 
 The request thread appends each :class:`~otel_ml.observation.Observation` to a bounded queue (a
-``deque.append``, well under a microsecond). A daemon thread drains it once ``WAKE_EVERY`` calls
-have queued up and otherwise every ``flush_interval`` seconds (the SDK's batch span processor delay,
+``deque.append``, well under a microsecond). A daemon thread drains it once ``WAKE_EVERY`` calls or
+``WAKE_ROWS`` input rows have queued up and otherwise every ``flush_interval`` seconds (the SDK's batch span processor delay,
 ``OTEL_BSP_SCHEDULE_DELAY``: it writes the model calls' spans, see :mod:`otel_ml.telemetry`, as often
 as the SDK exports spans), and the metric export drains it before collecting, so an export never misses
 a finished call. Nothing on the request path wakes the thread otherwise: on this machine kind every
@@ -10,7 +10,9 @@ wake of another thread while a model that releases the GIL often runs (a random 
 once per tree) slows the next hundred milliseconds of that model by up to half. When the queue is
 full the observation (with its span, when this thread would write it, as the SDK's batch span
 processor drops spans when its own queue is full) is dropped and counted in
-``ml.observations.dropped``: memory stays bounded whatever the traffic.
+``ml.observations.dropped``; so is a call whose input rows would take the queue past
+``QUEUE_ROW_LIMIT`` (the queue holds the callers' arrays until drained): memory stays bounded whatever
+the traffic.
 
 Counts are exact: rows, errors, predicted classes, prediction-score buckets and missing values are
 computed over every row of every call. Batches larger than ``OTEL_ML_SUMMARY_MAX_ROWS`` are validated,
@@ -38,7 +40,9 @@ from otel_ml.observation import PREDICTING_OPERATIONS, Observation, Predictions,
 _log = logging.getLogger("otel_ml")
 
 QUEUE_LIMIT = 10_000  # observations waiting for the aggregator
+QUEUE_ROW_LIMIT = 2_000_000  # input rows they may hold (inputs are referenced, not copied, until drained)
 WAKE_EVERY = 256  # queued calls that wake the aggregator thread
+WAKE_ROWS = 100_000  # queued input rows that wake it (large batches are not held for 256 calls)
 OTHER = "__other__"  # attribute value for features and classes beyond the configured caps
 PREDICTION_FEATURE = "__prediction_score__"  # ml.feature.name of the prediction-score bins
 DROPPED = "ml.observations.dropped"
@@ -52,6 +56,7 @@ class Aggregator:
         self.store, self.config, self._on_error = store, config, on_error
         self._write_spans = write_spans  # given every drained batch first, in arrival order
         self._queue: collections.deque[Observation] = collections.deque()
+        self._queued_rows = 0  # input rows of the queued calls (approximate under threads: a bound)
         self._wake = threading.Event()
         self.flush_interval = span_flush_seconds()
         self._thread: threading.Thread | None = None
@@ -105,6 +110,7 @@ class Aggregator:
     def reset(self) -> None:
         """After a fork: the child's queue and label sets start empty (the store zeroes itself)."""
         self._queue = collections.deque()
+        self._queued_rows = 0
         self._labels.clear()
         self._thread = None
         self._drain_lock = threading.Lock()
@@ -118,11 +124,14 @@ class Aggregator:
     # -- the request thread's only call ----------------------------------------------------------------
     def submit(self, observation: Observation) -> None:
         queue = self._queue
-        if len(queue) >= QUEUE_LIMIT:
+        before = self._queued_rows
+        rows = before + observation.n_rows
+        if len(queue) >= QUEUE_LIMIT or (queue and rows > QUEUE_ROW_LIMIT):  # a lone huge batch still goes
             self.dropped.add(observation.model.metric_key, 1)
             return
+        self._queued_rows = rows
         queue.append(observation)
-        if len(queue) % WAKE_EVERY == 0:
+        if len(queue) % WAKE_EVERY == 0 or (rows >= WAKE_ROWS > before):
             self._wake.set()
 
     # -- processing -----------------------------------------------------------------------------------
@@ -132,6 +141,7 @@ class Aggregator:
         with self._drain_lock:
             queue = self._queue
             drained = [queue.popleft() for _ in range(len(queue))]
+            self._queued_rows = max(0, self._queued_rows - sum(obs.n_rows for obs in drained))
             if self._write_spans is not None and drained:
                 try:
                     self._write_spans(drained)

@@ -182,3 +182,29 @@ def test_missing_counts_equal_a_plain_count(case):
         X[9, 5] = np.nan
     expected = (~np.isfinite(X)).sum(axis=0)
     assert as_table(X, [f"f{i}" for i in range(6)]).missing_counts().tolist() == expected.tolist()
+
+
+def test_large_batches_wake_the_aggregator_and_bound_its_queue(make, monkeypatch):
+    """The queue holds the callers' arrays until drained: large batches wake the aggregator thread by rows
+    (no flush here), and past the row limit further calls are dropped and counted, not held."""
+    import time
+
+    from otel_ml import aggregator
+
+    monkeypatch.setattr(aggregator, "WAKE_ROWS", 3_000)
+    inst = make()
+    model = LogisticRegression().fit(X, np.arange(len(X)) % 2)
+    batch = X[:1000]
+    for _ in range(3):  # 3,000 rows: the thread wakes and drains by itself
+        model.predict(batch)
+    deadline = time.monotonic() + 5
+    while inst.telemetry.aggregator._queue and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert not inst.telemetry.aggregator._queue and inst.telemetry.aggregator._queued_rows == 0
+    monkeypatch.setattr(aggregator, "QUEUE_ROW_LIMIT", 2_500)
+    monkeypatch.setattr(aggregator, "WAKE_ROWS", 10**9)
+    for _ in range(3):  # the third would take the queue past 2,500 rows
+        model.predict(batch)
+    metrics = inst.flush()
+    assert metrics.value(aggregator.DROPPED) == 1
+    assert metrics.value(semconv.INPUT_ROWS_METRIC, ml__operation__name="predict") == 5_000
