@@ -40,9 +40,9 @@ from otel_ml.observation import PREDICTING_OPERATIONS, Observation, Predictions,
 _log = logging.getLogger("otel_ml")
 
 QUEUE_LIMIT = 10_000  # observations waiting for the aggregator
-QUEUE_ROW_LIMIT = 2_000_000  # input rows they may hold (inputs are referenced, not copied, until drained)
+QUEUE_ROW_LIMIT = 4_000_000  # input rows they may hold (inputs are referenced, not copied, until drained)
 WAKE_EVERY = 256  # queued calls that wake the aggregator thread
-WAKE_ROWS = 100_000  # queued input rows that wake it (large batches are not held for 256 calls)
+WAKE_ROWS = 1_000_000  # queued input rows that wake it (large batches are not held for 256 calls)
 OTHER = "__other__"  # attribute value for features and classes beyond the configured caps
 PREDICTION_FEATURE = "__prediction_score__"  # ml.feature.name of the prediction-score bins
 DROPPED = "ml.observations.dropped"
