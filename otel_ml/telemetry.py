@@ -205,6 +205,7 @@ class Telemetry:
         # unsampled parent skip their span, and the tracer that writes spans on the aggregator thread
         self._skip_unsampled = False
         self._background: tuple[Any, PresetIds] | None = None
+        self._last_context: tuple[Any, Any, bool] = (None, None, False)  # (context, its span's, unsampled?)
         self.states = ModelStates(config, on_new_state=self._attach_data_health)
         if metric_exporter is None:
             metric_exporter, found_resource = configured_exporter()
@@ -244,6 +245,7 @@ class Telemetry:
             provider = self._tracer_provider or trace.get_tracer_provider()
             self._skip_unsampled = drops_unsampled_children(provider)
             self._background = background_tracer(provider)
+            self._last_context = (None, None, False)
             self._started = True
 
     def flush(self) -> None:
@@ -289,8 +291,14 @@ class Telemetry:
         call = Call(model, state, operation, inputs, frame.n_rows_of(inputs) if inputs is not None else 0,
                     self.config.summary_max_rows)
         context = context_api.get_current()
-        parent = trace.get_current_span(context).get_span_context()
-        if self._skip_unsampled and parent.is_valid and not parent.trace_flags.sampled:
+        last = self._last_context
+        if last[0] is context:  # calls in a row under one parent (a loop, a batch job) read it once
+            _, parent, unsampled = last
+        else:
+            parent = trace.get_current_span(context).get_span_context()
+            unsampled = self._skip_unsampled and parent.is_valid and not parent.trace_flags.sampled
+            self._last_context = (context, parent, unsampled)
+        if unsampled:
             call.unsampled_parent, call._trace_id = parent, parent.trace_id
         else:
             call.parent_context = context
