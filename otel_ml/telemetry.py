@@ -42,6 +42,11 @@ from otel_ml.version import __version__
 
 _log = logging.getLogger("otel_ml")
 
+# numpy inputs of up to this many rows are copied when the call starts (a fraction of a microsecond):
+# counts, drift bins and summaries read a call's inputs later, and a loop that refills one buffer per call
+# would otherwise have every queued call read the last values. Larger inputs are read as they are then.
+SNAPSHOT_MAX_ROWS = 64
+
 
 # The Call or Step in progress in this context whose steps get child spans (None outside any model call,
 # and inside a call whose steps get none: a leaf model, or a call without a span).
@@ -288,8 +293,10 @@ class Telemetry:
         if not self._started:
             self._ensure_started()
         state = self.states.get(model)
-        call = Call(model, state, operation, inputs, frame.n_rows_of(inputs) if inputs is not None else 0,
-                    self.config.summary_max_rows)
+        n_rows = frame.n_rows_of(inputs) if inputs is not None else 0
+        if type(inputs) is np.ndarray and n_rows <= SNAPSHOT_MAX_ROWS:
+            inputs = inputs.copy()  # read later, off the request path: a streaming caller may refill its buffer
+        call = Call(model, state, operation, inputs, n_rows, self.config.summary_max_rows)
         context = context_api.get_current()
         last = self._last_context
         if last[0] is context:  # calls in a row under one parent (a loop, a batch job) read it once

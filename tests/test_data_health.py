@@ -208,3 +208,20 @@ def test_large_batches_wake_the_aggregator_and_bound_its_queue(make, monkeypatch
     metrics = inst.flush()
     assert metrics.value(aggregator.DROPPED) == 1
     assert metrics.value(semconv.INPUT_ROWS_METRIC, ml__operation__name="predict") == 5_000
+
+
+def test_a_refilled_row_buffer_is_counted_as_each_call_saw_it(make):
+    """A streaming loop that refills one row buffer per call: the aggregator reads inputs after the calls,
+    yet counts what each call was given (small numpy inputs are copied when the call starts)."""
+    from sklearn.impute import SimpleImputer
+
+    inst = make()
+    model = make_pipeline(SimpleImputer(), LogisticRegression()).fit(X, np.arange(len(X)) % 2)
+    buffer = np.empty((1, 3))
+    for i in range(4):
+        buffer[0] = X[i]
+        if i == 0:
+            buffer[0, 1] = np.nan  # only the first call sees a missing value
+        model.predict_proba(buffer)
+    metrics = inst.flush()
+    assert metrics.value(semconv.INPUT_MISSING, ml__feature__name="x1") == 1
