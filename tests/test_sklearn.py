@@ -487,3 +487,16 @@ def test_background_and_immediate_spans_are_alike(make, data):
     assert found[0] == found[1]
     names = [(name, parent) for name, _, _, parent, _, _ in found[0]]
     assert ("predict_proba Pipeline", None) in names and ("transform StandardScaler", "predict_proba Pipeline") in names
+
+
+@pytest.mark.parametrize("end", ["force_flush", "shutdown"])
+def test_flushing_the_provider_writes_the_spans_otel_ml_holds(make, data, end):
+    """A job that calls its provider's force_flush (or shutdown) before exiting gets every model span,
+    although they are written on otel-ml's thread: otel-ml writes what it holds first."""
+    X, y = data
+    model = LogisticRegression(max_iter=3000).fit(X, y)
+    inst = make()
+    inst.clear_spans()
+    model.predict_proba(X.iloc[:2])
+    getattr(inst.telemetry._tracer_provider, end)()
+    assert [s.name for s in inst.spans.get_finished_spans()] == ["predict_proba LogisticRegression"]

@@ -25,6 +25,9 @@ forests included), inner model calls are part of the call and skip otel-ml's wra
 work a call hands to joblib's worker threads stays part of it. Every setting is an
 ``OTEL_ML_*`` variable, see :mod:`otel_ml.config` and ``docs/configuration.md``.
 
+Spans are written on otel-ml's aggregator thread (see :mod:`otel_ml.telemetry`); the SDK's
+``TracerProvider.force_flush`` and ``shutdown`` are patched to write the spans otel-ml still holds first.
+
 ``instrument()`` accepts ``tracer_provider``, ``metric_exporter`` (tests) and ``config`` (a
 :class:`otel_ml.config.Config`); ``uninstrument()`` restores every patched method and loader.
 """
@@ -283,6 +286,28 @@ class _Patcher:
         parallel.__call__ = wrapt.FunctionWrapper(original, dispatch)
         self._patched.append((parallel, "__call__", original))
 
+    # -- the SDK's flush and shutdown --------------------------------------------------------------------
+    def patch_provider(self, provider_class: type) -> None:
+        """Before the SDK's ``TracerProvider.force_flush`` and ``shutdown``, write the spans otel-ml still
+        holds (they are written on its aggregator thread): a job that flushes its provider before it
+        exits gets every model span, as it would with spans made during the calls."""
+        telemetry = self.telemetry
+
+        def write_held_spans_first(wrapped: Any, instance: Any, args: tuple, kwargs: dict) -> Any:
+            if self.enabled:
+                try:
+                    telemetry.aggregator.drain()
+                except Exception as exc:
+                    telemetry.internal_error("flush", exc)
+            return wrapped(*args, **kwargs)
+
+        for name in ("force_flush", "shutdown"):
+            original = provider_class.__dict__.get(name)
+            if original is None or isinstance(original, wrapt.FunctionWrapper):
+                continue
+            setattr(provider_class, name, wrapt.FunctionWrapper(original, write_held_spans_first))
+            self._patched.append((provider_class, name, original))
+
     # -- undo -----------------------------------------------------------------------------------------
     def unpatch(self) -> None:
         with self._lock:
@@ -325,6 +350,8 @@ class SklearnInstrumentor(BaseInstrumentor):
                                         if self._patcher is patcher else None, "joblib")
         wrapt.register_post_import_hook(lambda module: patcher.patch_parallel(module)
                                         if self._patcher is patcher else None, "joblib.parallel")
+        wrapt.register_post_import_hook(lambda module: patcher.patch_provider(module.TracerProvider)
+                                        if self._patcher is patcher else None, "opentelemetry.sdk.trace")
         if config.prediction_records_rate > 0:  # records are emitted by the outcome tracker's listener
             from otel_ml.outcomes import tracker
 
