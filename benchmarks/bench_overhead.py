@@ -230,25 +230,22 @@ def _markdown(report: dict) -> str:
                 f"| {r['otel_ml_overhead_us']:.1f} ({r['otel_ml_overhead_vs_bare_span']}) "
                 f"| {r['otel_ml_baseline_overhead_us']:.1f} ({r['otel_ml_baseline_overhead_vs_bare_span']}) "
                 f"| {r['otel_ml_unsampled_overhead_us']:.1f} | {r['otel_ml_overhead_pct_of_plain']:.1f} |")
-    lines += ["", "Wall time of a block per call, with the background work its calls left (throughput cost; "
-              "overhead over plain, paired by round):", "",
-              "| model | rows | plain | bare span | otel-ml | with baseline | unsampled |",
-              "|---|---:|---:|---:|---:|---:|---:|"]
-    for model, by_batch in report["models"].items():
-        for n, r in by_batch.items():
-            lines.append(f"| {model} | {n} | {r['plain_block_us']:.1f} | {r['bare_span_block_overhead_us']:+.1f} "
-                         f"| {r['otel_ml_block_overhead_us']:+.1f} | {r['otel_ml_baseline_block_overhead_us']:+.1f} "
-                         f"| {r['otel_ml_unsampled_block_overhead_us']:+.1f} |")
-    lines += ["", "Process CPU time (µs per call, all threads, with the background work; overhead over plain, "
-              "paired by round):", "",
-              "| model | rows | plain | bare span | otel-ml | with baseline | unsampled |",
-              "|---|---:|---:|---:|---:|---:|---:|"]
-    for model, by_batch in report["models"].items():
-        for n, r in by_batch.items():
-            lines.append(f"| {model} | {n} | {r['plain_cpu_us']:.1f} | {r['bare_span_cpu_overhead_us']:+.1f} "
-                         f"| {r['otel_ml_cpu_overhead_us']:+.1f} | {r['otel_ml_baseline_cpu_overhead_us']:+.1f} "
-                         f"| {r['otel_ml_unsampled_cpu_overhead_us']:+.1f} |")
+    lines += _paired_table(report, "block", "Wall time of a block per call, with the background work its calls "
+                           "left (throughput cost; overhead over plain, paired by round):")
+    lines += _paired_table(report, "cpu", "Process CPU time (µs per call, all threads, with the background work; "
+                           "overhead over plain, paired by round):")
     return "\n".join(lines)
+
+
+def _paired_table(report: dict, figure: str, title: str) -> list[str]:
+    """Markdown lines of one per-call figure (``block`` or ``cpu``): plain's value, every variant's overhead."""
+    lines = ["", title, "", "| model | rows | plain | bare span | otel-ml | with baseline | unsampled |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
+    for model, by_batch in report["models"].items():
+        for n, r in by_batch.items():
+            overheads = " | ".join(f"{r[f'{v}_{figure}_overhead_us']:+.1f}" for v in VARIANTS[1:])
+            lines.append(f"| {model} | {n} | {r[f'plain_{figure}_us']:.1f} | {overheads} |")
+    return lines
 
 
 if __name__ == "__main__":
