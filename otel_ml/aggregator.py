@@ -2,12 +2,13 @@
 
 The request thread appends each :class:`~otel_ml.observation.Observation` to a bounded queue (a
 ``deque.append``, well under a microsecond). A daemon thread drains it once ``WAKE_EVERY`` calls or
-``WAKE_ROWS`` input rows have queued up and otherwise every ``flush_interval`` seconds (the SDK's batch span processor delay,
-``OTEL_BSP_SCHEDULE_DELAY``: it writes the model calls' spans, see :mod:`otel_ml.telemetry`, as often
-as the SDK exports spans), and the metric export drains it before collecting, so an export never misses
-a finished call. Nothing on the request path wakes the thread otherwise: on this machine kind every
-wake of another thread while a model that releases the GIL often runs (a random forest releases it
-once per tree) slows the next hundred milliseconds of that model by up to half. When the queue is
+``WAKE_ROWS`` input rows have queued up and otherwise every ``flush_interval`` seconds (the SDK's batch
+span processor delay, ``OTEL_BSP_SCHEDULE_DELAY``: it writes the model calls' spans, see
+:mod:`otel_ml.telemetry`, as often as the SDK exports spans), and the metric export drains it before
+collecting, so an export never misses a finished call. Nothing on the request path wakes the thread
+otherwise: on this machine kind every wake of another thread while a model that releases the GIL often
+runs (a random forest releases it once per tree) slows the next hundred milliseconds of that model by
+up to half. When the queue is
 full the observation (with its span, when this thread would write it, as the SDK's batch span
 processor drops spans when its own queue is full) is dropped and counted in
 ``ml.observations.dropped``; so is a call whose input rows would take the queue past

@@ -86,7 +86,7 @@ class Observation:
     def __init__(self, model: Any, operation: str, inputs: Any, n_rows: int, table_max_rows: int | None = None) -> None:
         self.model = model  # the ModelState of the estimator (otel_ml.model_state)
         self.operation = operation
-        self.inputs = inputs  # X as the caller passed it (not copied)
+        self.inputs = inputs  # X as the caller passed it (a copy of a small numpy array: see telemetry)
         self.n_rows = n_rows
         self.output: Any = None  # the return value; None when the call raised
         self.duration = 0.0  # seconds

@@ -29,7 +29,7 @@ import numpy as np
 from opentelemetry import context as context_api
 from opentelemetry import trace
 from opentelemetry.sdk.trace import Tracer as SdkTracer
-from opentelemetry.sdk.trace.id_generator import IdGenerator, RandomIdGenerator
+from opentelemetry.sdk.trace.id_generator import IdGenerator
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from otel_ml import frame, semconv
@@ -130,6 +130,7 @@ class PresetIds(IdGenerator):
     when it runs: its prediction ids (``<trace id>-<span id>-<row>``) go back to the caller. So the call
     draws them from the real generator, and this one hands them to the SDK when the span is written.
 
+    >>> from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
     >>> ids = PresetIds(RandomIdGenerator())
     >>> ids.preset(trace_id=7, span_id=9)
     >>> ids.generate_trace_id(), ids.generate_span_id(), ids.generate_span_id() != 9
