@@ -148,11 +148,31 @@ def test_bound_methods_still_go_to_worker_processes(make):
     X, y = rng.normal(size=(400, 5)), rng.integers(0, 2, 400)
     model = LogisticRegression().fit(X, y)
     expected = model.predict_proba(X)
+    pipeline = make_pipeline(StandardScaler(), LogisticRegression()).fit(X, y)  # an available_if method
+    expected_pipeline = pipeline.predict_proba(X)
     make()
     assert np.array_equal(pickle.loads(pickle.dumps(model.predict_proba))(X), expected)
+    assert np.array_equal(pickle.loads(pickle.dumps(pipeline.predict_proba))(X), expected_pipeline)
     chunks = np.array_split(X, 4)
     parts = joblib.Parallel(n_jobs=2, backend="loky")(joblib.delayed(model.predict_proba)(c) for c in chunks)
     assert np.array_equal(np.vstack(parts), expected)
+
+
+def test_patched_methods_look_and_answer_as_before(make):
+    """Names, docstrings and signatures are the originals' (scikit-learn inspects ``fit``'s parameters),
+    and a method that exists only when the model supports it (``available_if``) still does not exist."""
+    import inspect
+
+    before = {name: (getattr(LogisticRegression, name).__doc__, inspect.signature(getattr(LogisticRegression, name)))
+              for name in ("fit", "predict", "predict_proba", "score")}
+    make()
+    for name, (doc, signature) in before.items():
+        method = getattr(LogisticRegression(), name)
+        assert (method.__name__, method.__doc__, inspect.signature(getattr(LogisticRegression, name))) == (
+            name, doc, signature)
+    assert not hasattr(make_pipeline(StandardScaler(), LinearRegression()), "predict_proba")
+    assert not hasattr(SVC(probability=False), "predict_proba")
+    assert hasattr(make_pipeline(StandardScaler(), LogisticRegression()), "predict_proba")
 
 
 def test_a_failing_span_writer_loses_no_count(make):
