@@ -273,8 +273,6 @@ def _from_sparse(m: Any, names: list[str] | None, max_rows: int | None) -> Table
 
 def n_rows_of(X: Any) -> int:
     """Rows in ``X`` without converting it (0 when it has no length)."""
-    if type(X) is np.ndarray:  # the common case, first: this runs on the request path
-        return X.shape[0] if X.ndim else 1
     shape = getattr(X, "shape", None)
     if shape is not None:
         return int(shape[0]) if len(shape) else 1

@@ -77,29 +77,31 @@ class Predictions:
 
 
 class Observation:
-    """One outermost model call."""
+    """One outermost model call, made by ``otel_ml.telemetry.Call`` (which sets the first five fields).
+    What most calls leave as it is has a class-level default: a call on the request path sets only what
+    it has."""
 
-    __slots__ = ("model", "operation", "inputs", "output", "duration", "n_rows", "error_type", "validation",
-                 "_trace_id", "_span_id", "_prediction_id", "_predictions", "_table", "_table_max_rows", "_validated",
-                 "span_summary")
+    model: Any  # the ModelState of the estimator (otel_ml.model_state)
+    operation: str
+    inputs: Any  # X as the caller passed it (a copy of a small numpy array: see telemetry)
+    n_rows: int
+    _table_max_rows: int | None  # inputs read as a table: an evenly spaced sample of larger batches
+    output: Any = None  # the return value; None when the call raised
+    elapsed_ns = 0  # how long the call took
+    error_type: str | None = None
+    validation: Any = None  # ValidationResult when a baseline was checked (see validate())
+    _validated = False
+    _trace_id = 0  # of the call's span, or of the unsampled trace it ran in (0: none)
+    _span_id = 0  # of the call's span (0: the call has no span)
+    _prediction_id: str | None = None
+    _predictions: Predictions | None = None
+    _table: frame.Table | None = None
+    span_summary: dict | None = None  # the predictions' span attributes, once read (model and server span)
 
-    def __init__(self, model: Any, operation: str, inputs: Any, n_rows: int, table_max_rows: int | None = None) -> None:
-        self.model = model  # the ModelState of the estimator (otel_ml.model_state)
-        self.operation = operation
-        self.inputs = inputs  # X as the caller passed it (a copy of a small numpy array: see telemetry)
-        self.n_rows = n_rows
-        self.output: Any = None  # the return value; None when the call raised
-        self.duration = 0.0  # seconds
-        self.error_type: str | None = None
-        self.validation: Any = None  # ValidationResult when a baseline was checked (see validate())
-        self._validated = False
-        self._trace_id = 0  # of the call's span, or of the unsampled trace it ran in (0: none)
-        self._span_id = 0  # of the call's span (0: the call has no span)
-        self._prediction_id: str | None = None
-        self._predictions: Predictions | None = None
-        self._table: frame.Table | None = None
-        self._table_max_rows = table_max_rows
-        self.span_summary: dict | None = None  # the predictions' span attributes, once read (model and server span)
+    @property
+    def duration(self) -> float:
+        """Seconds the call took."""
+        return self.elapsed_ns / 1e9
 
     @property
     def prediction_id(self) -> str:

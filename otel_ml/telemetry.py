@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextvars
 import copy
+import functools
 import logging
 import math
 import os
@@ -51,10 +52,21 @@ SNAPSHOT_MAX_ROWS = 64
 # The Call or Step in progress in this context whose steps get child spans (None outside any model call,
 # and inside a call whose steps get none: a leaf model, or a call without a span).
 ACTIVE: contextvars.ContextVar[Call | Step | None] = contextvars.ContextVar("otel_ml_active_call", default=None)
-# False while a call runs whose inner model calls are part of it with nothing of their own (a leaf model,
-# a call without a span, a leaf step, baseline capture, and joblib tasks they dispatch): the patched
-# methods then skip otel-ml's wrapper inside wrapt's C code (``enabled=WRAPPING.get``).
-WRAPPING: contextvars.ContextVar[bool] = contextvars.ContextVar("otel_ml_wrapping", default=True)
+
+
+class _Wrapping(threading.local):
+    """``WRAPPING.on`` is False on a thread while a call runs on it whose inner model calls are part of it
+    with nothing of their own (a leaf model, a call without a span, a leaf step, baseline capture, and
+    joblib tasks they dispatch): the patched methods then skip otel-ml's wrapper. A model call runs on one
+    thread from start to end (its joblib tasks are marked by the instrumentation), so a thread-local
+    flag is exact here, and it is set and reset in a quarter of a context variable's time: this runs
+    on every call."""
+
+    on = True
+
+
+WRAPPING = _Wrapping()
+wrapping_on = functools.partial(getattr, WRAPPING, "on")  # as a callable, for wrapt's ``enabled``
 
 
 class Call(Observation):
@@ -69,22 +81,20 @@ class Call(Observation):
     :class:`~otel_ml.model_state.ModelState`).
     """
 
-    __slots__ = ("estimator", "targets", "start", "start_ns", "end_ns", "steps", "unsampled_parent",
-                 "parent_context", "span_pending", "exception")
+    targets: Any = None  # y of a training call
+    steps: list[Step] | None = None  # the model calls inside this one, when they get spans
+    # the active span's context when its trace is not sampled and this call's span would be dropped
+    # too: then no span is made at all (metrics, drift and validation still count the call)
+    unsampled_parent: Any = None
+    parent_context: Any = None  # the context the call ran in: its span's parent
+    span_pending = False  # whether the aggregator thread writes this call's spans
+    exception: BaseException | None = None  # what the call raised, until its span is written
 
     def __init__(self, estimator: Any, state: ModelState, operation: str, inputs: Any, n_rows: int,
                  table_max_rows: int | None = None) -> None:
-        Observation.__init__(self, state, operation, inputs, n_rows, table_max_rows)
+        self.model, self.operation, self.inputs, self.n_rows = state, operation, inputs, n_rows
+        self._table_max_rows = table_max_rows
         self.estimator = estimator
-        self.targets: Any = None  # y of a training call
-        self.steps: list[Step] | None = None  # the model calls inside this one, when they get spans
-        # the active span's context when its trace is not sampled and this call's span would be dropped
-        # too: then no span is made at all (metrics, drift and validation still count the call)
-        self.unsampled_parent: Any = None
-        self.parent_context: Any = None  # the context the call ran in: its span's parent
-        self.span_pending = False  # whether the aggregator thread writes this call's spans
-        self.exception: BaseException | None = None  # what the call raised, until its span is written
-        self.end_ns = 0
         self.start_ns = time.time_ns()
         self.start = time.perf_counter_ns()
 
@@ -92,11 +102,10 @@ class Call(Observation):
     def call(self) -> Call:  # the outermost call, as for a Step
         return self
 
-    def finish_times(self) -> None:
-        """Set ``duration`` (seconds) and ``end_ns`` (the span's end, ns since the epoch) now."""
-        elapsed = time.perf_counter_ns() - self.start
-        self.duration = elapsed / 1e9
-        self.end_ns = self.start_ns + elapsed
+    @property
+    def end_ns(self) -> int:
+        """When the call ended, in ns since the epoch (its span's end)."""
+        return self.start_ns + self.elapsed_ns
 
     def release(self) -> None:
         """Drop what only the spans needed once they are written (the call may wait in the aggregator's
@@ -294,9 +303,12 @@ class Telemetry:
         if not self._started:
             self._ensure_started()
         state = self.states.get(model)
-        n_rows = frame.n_rows_of(inputs) if inputs is not None else 0
-        if type(inputs) is np.ndarray and n_rows <= SNAPSHOT_MAX_ROWS:
-            inputs = inputs.copy()  # read later, off the request path: a streaming caller may refill its buffer
+        if type(inputs) is np.ndarray:  # the common case, inline
+            n_rows = len(inputs) if inputs.ndim else 1
+            if n_rows <= SNAPSHOT_MAX_ROWS:
+                inputs = inputs.copy()  # read later, off the request path: a streaming caller may refill its buffer
+        else:
+            n_rows = frame.n_rows_of(inputs) if inputs is not None else 0
         call = Call(model, state, operation, inputs, n_rows, self.config.summary_max_rows)
         context = context_api.get_current()
         last = self._last_context
@@ -321,7 +333,7 @@ class Telemetry:
             try:
                 call.validate()
             except self.passthrough_errors as exc:  # the span records why, the caller gets it
-                self.fail(call, exc)
+                self.finish(call, exc=exc)
                 raise
         return call
 
@@ -333,31 +345,27 @@ class Telemetry:
             attributes[semconv.INPUT_FEATURES] = frame.n_features_of(call.inputs)
         return attributes
 
-    def end(self, call: Call, output: Any) -> None:
-        call.output = output
-        self._finish(call)
-        if call.operation in TRAINING_OPERATIONS:
-            self._after_fit(call)
-
-    def fail(self, call: Call, exc: BaseException) -> None:
-        call.error_type, call.exception = error_type(exc), exc
-        self._finish(call)
-
-    def _finish(self, call: Call) -> None:
-        """Times, the spans (unless the aggregator thread writes them), then the call to the listeners and
-        the aggregator."""
-        call.finish_times()
+    def finish(self, call: Call, output: Any = None, exc: BaseException | None = None) -> None:
+        """The call returned ``output`` or raised ``exc``: its time, its spans (now, unless the aggregator
+        thread writes them), the call to the listeners and the aggregator, and a fitted model's new state."""
+        call.elapsed_ns = time.perf_counter_ns() - call.start
         try:
+            if exc is None:
+                call.output = output
+            else:
+                call.error_type, call.exception = error_type(exc), exc
             if not call.span_pending and call.unsampled_parent is None:  # no SDK tracer: the spans now
                 self._write_spans_of(call, self.tracer)
             for listener in self.listeners:
                 try:
                     listener(call)
-                except Exception as exc:
-                    self.internal_error("listener", exc)
+                except Exception as error:
+                    self.internal_error("listener", error)
             self.aggregator.submit(call)
-        except Exception as exc:
-            self.internal_error("end", exc)
+            if exc is None and call.operation in TRAINING_OPERATIONS:
+                self._after_fit(call)
+        except Exception as error:
+            self.internal_error("end", error)
 
     def _write_spans(self, observations: list[Observation]) -> None:
         """On the aggregator thread (under its drain lock: one writer at a time), the spans of the queued
@@ -495,14 +503,14 @@ class Telemetry:
         self.states.forget(call.estimator)
         if not (self.config.capture_baseline and call.inputs is not None and call.operation != "partial_fit"):
             return
-        token = WRAPPING.set(False)  # calls below are part of this fit: no spans, no observations
+        previous, WRAPPING.on = WRAPPING.on, False  # calls below are part of this fit: no spans, no observations
         try:
             scores = _training_scores(call.estimator, call.inputs)
             self.aggregator.capture_baseline(call.estimator, call.inputs, call.targets, scores)
         except Exception as exc:
             self.internal_error("capture_baseline", exc)
         finally:
-            WRAPPING.reset(token)
+            WRAPPING.on = previous
 
     # -- steps inside a composite model ----------------------------------------------------------------
     def begin_step(self, parent: Call | Step, model: Any, operation: str) -> Step | None:
@@ -514,9 +522,6 @@ class Telemetry:
         step = Step(model, operation, parent)
         steps.append(step)
         return step
-
-    def end_step(self, step: Step, exc: BaseException | None = None) -> None:
-        step.finish(exc)
 
     def _record_error(self, span: Any, exc: BaseException, kind: str, event: bool = True) -> None:
         """Error status and exception event. scikit-learn's messages quote the offending input ("Found

@@ -26,7 +26,7 @@ reads its method twice (``predict_proba`` calls ``decision_function`` inside).
 A call inside another model call on the same object (``predict`` calling ``predict_proba``) is part
 of the outer span; a call on another object (a pipeline's steps, a search's candidates) is a child
 span of it, up to ``OTEL_ML_MAX_CHILD_SPANS``. Inside a model without steps (any other estimator,
-forests included), inner model calls are part of the call and skip otel-ml's wrapper in wrapt's C code;
+forests included), inner model calls are part of the call and skip otel-ml's wrapper;
 work a call hands to joblib's worker threads stays part of it. Every setting is an
 ``OTEL_ML_*`` variable, see :mod:`otel_ml.config` and ``docs/configuration.md``.
 
@@ -54,7 +54,7 @@ from otel_ml import identity
 from otel_ml.model_state import is_composite_class
 from otel_ml.observation import TRAINING_OPERATIONS
 from otel_ml.package import _instruments_sklearn
-from otel_ml.telemetry import ACTIVE, WRAPPING, Call, Step, Telemetry
+from otel_ml.telemetry import ACTIVE, WRAPPING, Call, Step, Telemetry, wrapping_on
 
 _log = logging.getLogger("otel_ml")
 
@@ -81,12 +81,17 @@ class _PartOfCall:
         self.function, self.parent = function, parent
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        marker, value = (ACTIVE, self.parent) if self.parent is not None else (WRAPPING, False)
-        token = marker.set(value)
+        if self.parent is not None:
+            token = ACTIVE.set(self.parent)
+            try:
+                return self.function(*args, **kwargs)
+            finally:
+                ACTIVE.reset(token)
+        previous, WRAPPING.on = WRAPPING.on, False
         try:
             return self.function(*args, **kwargs)
         finally:
-            marker.reset(token)
+            WRAPPING.on = previous
 
     def __getattr__(self, name: str) -> Any:  # joblib reads a task's name for its logs
         if name.startswith("__"):
@@ -107,14 +112,14 @@ class _BoundMethod(wrapt.BoundFunctionWrapper):
 
 
 class _MethodWrapper(wrapt.FunctionWrapper):
-    """wrapt's wrapper of a patched descriptor (skipped in wrapt's C code while ``WRAPPING`` is False)."""
+    """wrapt's wrapper of a patched descriptor (skipped in wrapt's C code while ``WRAPPING.on`` is False)."""
 
     __bound_function_wrapper__ = _BoundMethod
 
 
 def _patched_function(original: types.FunctionType, wrapper: Any) -> types.FunctionType:
     """``original`` (a method defined with ``def``) calling ``wrapper(bound method, model, args, kwargs)``,
-    as a ``wrapt.FunctionWrapper`` would, while ``WRAPPING`` is True, and itself plainly otherwise. It
+    as a ``wrapt.FunctionWrapper`` would, while ``WRAPPING.on`` is True, and itself plainly otherwise. It
     keeps the original's name, docstring and signature (``__wrapped__``), and binds and pickles as the
     original does.
 
@@ -127,11 +132,11 @@ def _patched_function(original: types.FunctionType, wrapper: Any) -> types.Funct
     >>> Model().predict(1), Model.predict.__name__, _is_patched(Model.predict)
     (('wrapped', 1), 'predict', True)
     """
-    wrapping, bind = WRAPPING.get, types.MethodType
+    thread, bind = WRAPPING, types.MethodType
 
     @functools.wraps(original)
     def method(self: Any, *args: Any, **kwargs: Any) -> Any:
-        if wrapping():
+        if thread.on:
             return wrapper(bind(original, self), self, args, kwargs)
         return original(self, *args, **kwargs)
 
@@ -199,17 +204,26 @@ class _Patcher:
             telemetry.internal_error("begin", exc)
             return wrapped(*args, **kwargs)
         # a call whose steps get spans (a composite) is their parent; in any other call, inner model calls
-        # are part of it and skip the wrapper altogether
-        marker, value = (ACTIVE, call) if call.steps is not None else (WRAPPING, False)
-        token = marker.set(value)
+        # are part of it and skip the wrapper altogether (we are here because WRAPPING.on is True)
+        leaf = call.steps is None
+        if leaf:
+            WRAPPING.on = False
+        else:
+            token = ACTIVE.set(call)
         try:
             result = wrapped(*args, **kwargs)
         except BaseException as exc:
-            marker.reset(token)
-            telemetry.fail(call, exc)
+            if leaf:
+                WRAPPING.on = True
+            else:
+                ACTIVE.reset(token)
+            telemetry.finish(call, exc=exc)
             raise
-        marker.reset(token)
-        telemetry.end(call, result)
+        if leaf:
+            WRAPPING.on = True
+        else:
+            ACTIVE.reset(token)
+        telemetry.finish(call, result)
         return result
 
     def _step(self, parent: Call | Step, wrapped: Any, instance: Any, method: str, args: tuple,
@@ -223,16 +237,22 @@ class _Patcher:
         if step is None:
             return wrapped(*args, **kwargs)
         # a composite step's own steps get child spans; a leaf step's inner calls (a forest's trees) skip
-        marker, value = (ACTIVE, step) if is_composite_class(type(instance)) else (WRAPPING, False)
-        token = marker.set(value)
+        leaf = not is_composite_class(type(instance))
+        if leaf:
+            WRAPPING.on = False
+        else:
+            token = ACTIVE.set(step)
         try:
             result = wrapped(*args, **kwargs)
         except BaseException as exc:
-            marker.reset(token)
-            telemetry.end_step(step, exc)
+            step.finish(exc)
             raise
-        marker.reset(token)
-        telemetry.end_step(step)
+        finally:
+            if leaf:
+                WRAPPING.on = True
+            else:
+                ACTIVE.reset(token)
+        step.finish()
         return result
 
     # -- classes ----------------------------------------------------------------------------------------
@@ -250,7 +270,7 @@ class _Patcher:
                     if type(original) is types.FunctionType:
                         patched = _patched_function(original, self._wrappers[name])
                     elif callable(original) or hasattr(original, "__get__"):
-                        patched = _MethodWrapper(original, self._wrappers[name], enabled=WRAPPING.get)
+                        patched = _MethodWrapper(original, self._wrappers[name], enabled=wrapping_on)
                     else:
                         continue
                     try:
@@ -316,7 +336,7 @@ class _Patcher:
             return
 
         def dispatch(wrapped: Any, instance: Any, args: tuple, kwargs: dict) -> Any:
-            wrapping, active = WRAPPING.get(), ACTIVE.get()
+            wrapping, active = WRAPPING.on, ACTIVE.get()
             if not self.enabled or (wrapping and active is None) or not _runs_in_worker_threads(instance):
                 return wrapped(*args, **kwargs)  # the user's own joblib work, or tasks that need no help
             parent = active if wrapping else None
