@@ -180,51 +180,51 @@ class _Patcher:
 
     # -- the wrapper around every patched method ---------------------------------------------------------
     def _make_wrapper(self, method: str) -> Any:
+        """The wrapper of ``method`` in every class: an outermost call (the request path, in one frame), a
+        step of a model with steps, or a model's call of its own methods (part of its call)."""
+        telemetry, training = self.telemetry, method in TRAINING_OPERATIONS
+
         def wrapper(wrapped: Any, instance: Any, args: tuple, kwargs: dict) -> Any:
             if instance is None or not self.enabled:
                 return wrapped(*args, **kwargs)
             active = ACTIVE.get()
-            if active is None:
-                return self._outer(wrapped, instance, method, args, kwargs)
-            if active.estimator is instance:  # a model with steps calling its own methods: part of its span
+            if active is not None:
+                if active.estimator is instance:  # a model with steps calling its own methods: part of its span
+                    return wrapped(*args, **kwargs)
+                return self._step(active, wrapped, instance, method, args, kwargs)
+            try:
+                call: Call = telemetry.begin(instance, method, args[0] if args else _inputs(args, kwargs))
+                if training:
+                    call.targets = args[1] if len(args) > 1 else kwargs.get("y")
+            except telemetry.passthrough_errors:
+                raise  # strict input validation: the caller asked for this error
+            except Exception as exc:
+                telemetry.internal_error("begin", exc)
                 return wrapped(*args, **kwargs)
-            return self._step(active, wrapped, instance, method, args, kwargs)
-
-        return wrapper
-
-    def _outer(self, wrapped: Any, instance: Any, method: str, args: tuple, kwargs: dict) -> Any:
-        telemetry = self.telemetry
-        try:
-            call: Call = telemetry.begin(instance, method, _inputs(args, kwargs))
-            if method in TRAINING_OPERATIONS:
-                call.targets = args[1] if len(args) > 1 else kwargs.get("y")
-        except telemetry.passthrough_errors:
-            raise  # strict input validation: the caller asked for this error
-        except Exception as exc:
-            telemetry.internal_error("begin", exc)
-            return wrapped(*args, **kwargs)
-        # a call whose steps get spans (a composite) is their parent; in any other call, inner model calls
-        # are part of it and skip the wrapper altogether (we are here because WRAPPING.on is True)
-        leaf = call.steps is None
-        if leaf:
-            WRAPPING.on = False
-        else:
-            token = ACTIVE.set(call)
-        try:
-            result = wrapped(*args, **kwargs)
-        except BaseException as exc:
+            # a call whose steps get spans (a composite) is their parent; in any other call, inner model
+            # calls are part of it and skip the wrapper altogether (we are here because WRAPPING.on is True)
+            leaf = call.steps is None
+            if leaf:
+                WRAPPING.on = False
+            else:
+                token = ACTIVE.set(call)
+            try:
+                result = wrapped(*args, **kwargs)
+            except BaseException as exc:
+                if leaf:
+                    WRAPPING.on = True
+                else:
+                    ACTIVE.reset(token)
+                telemetry.finish(call, exc=exc)
+                raise
             if leaf:
                 WRAPPING.on = True
             else:
                 ACTIVE.reset(token)
-            telemetry.finish(call, exc=exc)
-            raise
-        if leaf:
-            WRAPPING.on = True
-        else:
-            ACTIVE.reset(token)
-        telemetry.finish(call, result)
-        return result
+            telemetry.finish(call, result)
+            return result
+
+        return wrapper
 
     def _step(self, parent: Call | Step, wrapped: Any, instance: Any, method: str, args: tuple,
               kwargs: dict) -> Any:
