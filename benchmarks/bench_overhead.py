@@ -16,7 +16,11 @@ replacement). Variants:
   drift bin counting on the aggregator thread);
 - ``otel_ml_unsampled``: otel-ml when the trace is not sampled: the calls run under a parent span
   whose trace was not sampled upstream (parent-based sampling, the SDK's default), as in a service
-  whose HTTP server span made the decision.
+  whose HTTP server span made the decision;
+- ``otel_ml_unsampled_baseline``: unsampled, with a baseline attached (validation on the request path,
+  drift counting off it);
+- ``otel_ml_unsampled_drift``: unsampled, with a baseline and ``OTEL_ML_VALIDATION_ENABLED=false``: what
+  drift and data-quality counting cost a call (they run on the aggregator thread).
 
 How it is paired: this machine's vCPUs slow down by up to 60 % for stretches of a second or more
 (another tenant; a plain forest call swings between 5.1 and 8.5 ms with nothing else running). So
@@ -56,8 +60,10 @@ from otel_ml.baseline import Baseline
 from otel_ml.instrumentation.sklearn import SklearnInstrumentor
 
 BATCHES = (1, 100, 10_000)
-VARIANTS = ("plain", "bare_span", "otel_ml", "otel_ml_baseline", "otel_ml_unsampled")
-INSTRUMENTED = ("otel_ml", "otel_ml_baseline", "otel_ml_unsampled")
+VARIANTS = ("plain", "bare_span", "otel_ml", "otel_ml_baseline", "otel_ml_unsampled", "otel_ml_unsampled_baseline",
+            "otel_ml_unsampled_drift")
+INSTRUMENTED = VARIANTS[2:]
+COLUMNS = "| plain | bare span | otel-ml | with baseline | unsampled | unsampled, baseline | unsampled, drift only |"
 
 
 class DiscardSpans(SpanExporter):
@@ -107,18 +113,21 @@ class Bench:
         self.tracer = self.sampled.get_tracer("bench")
         self.instrumentor = SklearnInstrumentor()
         self.config = config.load({})
+        self.config_drift_only = config.load({"OTEL_ML_VALIDATION_ENABLED": "false"})
         self.block_seconds = block_seconds
 
     def block(self, variant: str, model, X, calls: int) -> tuple[float, float]:
         """One block of ``calls`` calls of ``variant``, instrumented around it when it is otel-ml's."""
+        unsampled = variant.startswith("otel_ml_unsampled")
         if variant in INSTRUMENTED:
             self.instrumentor.instrument(
-                tracer_provider=self.unsampled if variant == "otel_ml_unsampled" else self.sampled,
-                metric_exporter=DiscardMetrics(), config=self.config, export_interval=5)
-            if variant == "otel_ml_baseline":
+                tracer_provider=self.unsampled if unsampled else self.sampled, metric_exporter=DiscardMetrics(),
+                config=self.config_drift_only if variant == "otel_ml_unsampled_drift" else self.config,
+                export_interval=5)
+            if variant.endswith(("baseline", "drift")):
                 telemetry = self.instrumentor.telemetry
                 telemetry.aggregator.use_baseline(telemetry.states.get(model), self.baseline)
-        token = context.attach(self.unsampled_parent) if variant == "otel_ml_unsampled" else None
+        token = context.attach(self.unsampled_parent) if unsampled else None
         try:
             if variant == "bare_span":
                 tracer = self.tracer
@@ -222,14 +231,16 @@ def _report(results) -> dict:
 def _markdown(report: dict) -> str:
     lines = ["Wall clock (µs per call; overhead over plain, paired by round, and as a multiple of the bare span's):",
              "", "| model | rows | plain µs | bare span +µs | otel-ml +µs (x bare) | with baseline +µs (x bare) "
-             "| unsampled +µs | otel-ml % of plain |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
+             "| unsampled +µs | unsampled, baseline +µs | unsampled, drift only +µs | otel-ml % of plain |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for model, by_batch in report["models"].items():
         for n, r in by_batch.items():
             lines.append(
                 f"| {model} | {n} | {r['plain_us']:.1f} | {r['bare_span_overhead_us']:.1f} "
                 f"| {r['otel_ml_overhead_us']:.1f} ({r['otel_ml_overhead_vs_bare_span']}) "
                 f"| {r['otel_ml_baseline_overhead_us']:.1f} ({r['otel_ml_baseline_overhead_vs_bare_span']}) "
-                f"| {r['otel_ml_unsampled_overhead_us']:.1f} | {r['otel_ml_overhead_pct_of_plain']:.1f} |")
+                f"| {r['otel_ml_unsampled_overhead_us']:.1f} | {r['otel_ml_unsampled_baseline_overhead_us']:.1f} "
+                f"| {r['otel_ml_unsampled_drift_overhead_us']:.1f} | {r['otel_ml_overhead_pct_of_plain']:.1f} |")
     lines += _paired_table(report, "block", "Wall time of a block per call, with the background work its calls "
                            "left (throughput cost; overhead over plain, paired by round):")
     lines += _paired_table(report, "cpu", "Process CPU time (µs per call, all threads, with the background work; "
@@ -239,8 +250,7 @@ def _markdown(report: dict) -> str:
 
 def _paired_table(report: dict, figure: str, title: str) -> list[str]:
     """Markdown lines of one per-call figure (``block`` or ``cpu``): plain's value, every variant's overhead."""
-    lines = ["", title, "", "| model | rows | plain | bare span | otel-ml | with baseline | unsampled |",
-             "|---|---:|---:|---:|---:|---:|---:|"]
+    lines = ["", title, "", "| model | rows " + COLUMNS, "|---|---:" + "|---:" * len(VARIANTS) + "|"]
     for model, by_batch in report["models"].items():
         for n, r in by_batch.items():
             overheads = " | ".join(f"{r[f'{v}_{figure}_overhead_us']:+.1f}" for v in VARIANTS[1:])

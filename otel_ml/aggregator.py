@@ -271,9 +271,10 @@ class Aggregator:
             for b, value in enumerate(baseline.score_fractions.tolist()):
                 self.baseline_fractions.set(state.metric_key + ((semconv.FEATURE_NAME, PREDICTION_FEATURE),
                                                                 (semconv.BIN_INDEX, b)), value)
-        state.validator = Validator(baseline, range_margin=config.validation_range_margin,
-                                    completeness_tolerance=config.validation_completeness_tolerance,
-                                    strict=config.validation_strict, max_events=config.max_violation_events)
+        if config.validation_enabled:
+            state.validator = Validator(baseline, range_margin=config.validation_range_margin,
+                                        completeness_tolerance=config.validation_completeness_tolerance,
+                                        strict=config.validation_strict, max_events=config.max_violation_events)
         state.drift = DriftMonitor.from_config(baseline, config)
         state.baseline = baseline
         self._monitored.add(state)

@@ -97,6 +97,20 @@ def test_violations_are_counted_and_named_without_values(make, model_file):
     assert semconv.FEATURE_VALUE not in event.attributes
 
 
+def test_validation_switched_off_keeps_drift(make, model_file):
+    """OTEL_ML_VALIDATION_ENABLED=false: no checks and no violations, even in strict mode; drift still counts."""
+    inst = make(validation_enabled=False, validation_strict=True, drift_window_rows=100, drift_min_rows=100)
+    model = _load(model_file)
+    batch = X[:100].copy()
+    batch[3, 2] = 1e6
+    model.predict(batch)
+    metrics = inst.flush()
+    assert not metrics.points(semconv.VALIDATION_VIOLATIONS_METRIC)
+    assert semconv.VALIDATION_VIOLATIONS not in inst.roots()[-1].attributes
+    assert metrics.value(semconv.DRIFT_SCORE_METRIC, ml__model__name="credit", ml__feature__name="x0",
+                         ml__drift__method="psi") < 0.5
+
+
 def test_strict_mode_raises_before_the_model_runs(make, model_file):
     inst = make(validation_strict=True)
     model = _load(model_file)
