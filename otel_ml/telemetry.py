@@ -220,7 +220,8 @@ class Telemetry:
         # unsampled parent skip their span, and the tracer that writes spans on the aggregator thread
         self._skip_unsampled = False
         self._background: tuple[Any, PresetIds] | None = None
-        self._last_context: tuple[Any, Any, bool] = (None, None, False)  # (context, its span's, unsampled?)
+        # (context, its span's context, that span's trace id or 0, whether calls under it get no span)
+        self._last_context: tuple[Any, Any, int, bool] = (None, None, 0, False)
         self.states = ModelStates(config, on_new_state=self._attach_data_health)
         if metric_exporter is None:
             metric_exporter, found_resource = configured_exporter()
@@ -260,7 +261,7 @@ class Telemetry:
             provider = self._tracer_provider or trace.get_tracer_provider()
             self._skip_unsampled = drops_unsampled_children(provider)
             self._background = background_tracer(provider)
-            self._last_context = (None, None, False)
+            self._last_context = (None, None, 0, False)
             self._started = True
 
     def flush(self) -> None:
@@ -313,13 +314,14 @@ class Telemetry:
         context = context_api.get_current()
         last = self._last_context
         if last[0] is context:  # calls in a row under one parent (a loop, a batch job) read it once
-            _, parent, unsampled = last
+            _, parent, trace_id, unsampled = last
         else:
             parent = trace.get_current_span(context).get_span_context()
-            unsampled = self._skip_unsampled and parent.is_valid and not parent.trace_flags.sampled
-            self._last_context = (context, parent, unsampled)
+            trace_id = parent.trace_id if parent.is_valid else 0
+            unsampled = self._skip_unsampled and trace_id != 0 and not parent.trace_flags.sampled
+            self._last_context = (context, parent, trace_id, unsampled)
         if unsampled:
-            call.unsampled_parent, call._trace_id = parent, parent.trace_id
+            call.unsampled_parent, call._trace_id = parent, trace_id
         else:
             call.parent_context = context
             if state.composite:
@@ -327,7 +329,7 @@ class Telemetry:
             if self._background is not None:  # the spans are written later, under the ids drawn now
                 ids = self._background[1].source
                 call.span_pending = True
-                call._trace_id = parent.trace_id if parent.is_valid else ids.generate_trace_id()
+                call._trace_id = trace_id or ids.generate_trace_id()
                 call._span_id = ids.generate_span_id()
         if state.validator is not None:  # now: strict mode fails the call, and a caller may reuse its array
             try:

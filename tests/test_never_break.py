@@ -165,7 +165,18 @@ def test_patched_methods_look_and_answer_as_before(make):
 
     before = {name: (getattr(LogisticRegression, name).__doc__, inspect.signature(getattr(LogisticRegression, name)))
               for name in ("fit", "predict", "predict_proba", "score")}
+    model = LogisticRegression().fit(X_TRAIN, Y_CLASS)
+    wrong_calls = [lambda: model.predict(), lambda: model.predict(X_TRAIN, X=X_TRAIN),
+                   lambda: model.predict(X_TRAIN, 3), lambda: model.predict(Z=X_TRAIN)]
+    def raised(call):
+        with pytest.raises(TypeError) as error:
+            call()
+        return str(error.value)
+
+    messages = [raised(call) for call in wrong_calls]
     make()
+    assert [raised(call) for call in wrong_calls] == messages
+    assert np.array_equal(model.predict(X=X_TRAIN), model.predict(X_TRAIN))
     for name, (doc, signature) in before.items():
         method = getattr(LogisticRegression(), name)
         assert (method.__name__, method.__doc__, inspect.signature(getattr(LogisticRegression, name))) == (

@@ -95,8 +95,12 @@ class _RequestHandler:
     """Wraps ``Flask.full_dispatch_request``: collects the request's model calls and finishes the response."""
 
     def __init__(self, config: Any) -> None:
+        import flask
+
+        self._request = flask.request  # the proxy, bound once
         self.config = config
         self.header = config.prediction_id_header
+        self.header_lower = (self.header or "").lower()
         self.field = config.prediction_id_field
         self.field_key = json.dumps(self.field).encode() if self.field else b""
         self.configured = frozenset(config.predict_routes)
@@ -142,9 +146,7 @@ class _RequestHandler:
         return response
 
     def _finish(self, telemetry: Any, tracker: Any, response: Any, status: int, collected: list) -> None:
-        import flask
-
-        request = flask.request._get_current_object()  # one context lookup, then plain attributes
+        request = self._request._get_current_object()  # one context lookup, then plain attributes
         url_rule = request.url_rule
         rule = url_rule.rule if url_rule is not None else None
         state = None
@@ -153,14 +155,12 @@ class _RequestHandler:
             state = prediction.state
             if rule is not None and self.route_states.get(rule) is not state:
                 self.route_states[rule] = state
+            first_id = prediction.row_id(0)
             span = request.environ.get(SPAN_ENVIRON_KEY)
             if span is not None and span.is_recording():
-                self._annotate_span(telemetry, span, prediction, collected)
-            if 200 <= status < 300:
-                if self.header:
-                    response.headers[self.header] = self._header_value(prediction)
-                if self.field and not response.direct_passthrough:
-                    self._add_field(response, prediction)
+                self._annotate_span(telemetry, span, prediction, first_id, collected)
+            if 200 <= status < 300 and (self.header or self.field):
+                self._return_ids(response, prediction, first_id)
         if 400 <= status < 500 and rule is not None and (rule in self.route_states or rule in self.configured):
             self._count_input_error(telemetry, request, rule, status, state or self.route_states.get(rule))
 
@@ -173,9 +173,9 @@ class _RequestHandler:
             cached = self._identities[state] = identity_attributes(state)
         return cached
 
-    def _annotate_span(self, telemetry: Any, span: Any, prediction: Any, collected: list) -> None:
+    def _annotate_span(self, telemetry: Any, span: Any, prediction: Any, first_id: str, collected: list) -> None:
         attributes = dict(self._identity(prediction.state))
-        attributes[semconv.PREDICTION_ID] = prediction.row_id(0)
+        attributes[semconv.PREDICTION_ID] = first_id
         n = prediction.n_rows
         if n > 1:
             attributes[semconv.INPUT_ROWS] = n
@@ -191,6 +191,29 @@ class _RequestHandler:
         span.set_attributes(attributes)
 
     # -- prediction ids in the response ------------------------------------------------------------------
+    def _return_ids(self, response: Any, prediction: Any, first_id: str) -> None:
+        """The ids in the response header and JSON body, after one pass over the response's headers."""
+        headers = response.headers
+        has_header, untouchable, json_body = False, False, False
+        for key, value in headers:  # werkzeug finds or replaces a header by scanning them all: once here
+            lower = key.lower()
+            if lower == "content-type":
+                mimetype = value.partition(";")[0].strip().lower()
+                json_body = mimetype == "application/json" or (
+                    mimetype.startswith("application/") and mimetype.endswith("+json"))
+            elif lower in _UNTOUCHABLE:
+                untouchable = True
+            elif lower == self.header_lower:
+                has_header = True
+        if self.header:
+            value = first_id if prediction.n_rows == 1 else self._header_value(prediction)
+            if has_header:
+                headers[self.header] = value
+            else:
+                headers.add(self.header, value)
+        if self.field and json_body and not untouchable and not response.direct_passthrough:
+            self._add_field(response, prediction, first_id)
+
     @staticmethod
     def _header_value(prediction: Any) -> str:
         n = prediction.n_rows
@@ -200,7 +223,8 @@ class _RequestHandler:
             return ",".join(prediction.ids())
         return f"{prediction.prediction_id}-0..{n - 1}"
 
-    def _add_field(self, response: Any, prediction: Any) -> None:
+    def _add_field(self, response: Any, prediction: Any, first_id: str) -> None:
+        """The ids under ``self.field`` of a JSON response (a top-level object, or a list of one object per row)."""
         chunks = response.response
         if type(chunks) is list and len(chunks) == 1 and type(chunks[0]) is bytes:
             body = chunks[0]  # what Flask's jsonify and Response(bytes) hold: no copy, no iteration
@@ -210,12 +234,6 @@ class _RequestHandler:
             return  # streamed
         stripped = body.lstrip()
         first = stripped[:1]
-        if first not in (b"{", b"[") or not response.is_json:
-            return
-        headers = response.headers
-        for key, _ in headers:  # one pass (``in`` costs a KeyError per missing header)
-            if key.lower() in _UNTOUCHABLE:
-                return
         n = prediction.n_rows
         if first == b"{":
             if self.field_key in body:  # maybe already there: look properly
@@ -223,10 +241,10 @@ class _RequestHandler:
                 if not isinstance(data, dict) or self.field in data:
                     return
             # ids are hex digits and dashes: JSON strings as they are
-            value = f'"{prediction.row_id(0)}"' if n == 1 else '["' + '","'.join(prediction.ids()) + '"]'
+            value = f'"{first_id}"' if n == 1 else '["' + '","'.join(prediction.ids()) + '"]'
             rest = stripped[1:].lstrip()
             new = b"".join((b"{", self.field_key, b":", value.encode(), b"" if rest.startswith(b"}") else b",", rest))
-        elif n > 1:
+        elif first == b"[" and n > 1:
             data = json.loads(body)
             if not (isinstance(data, list) and len(data) == n
                     and all(isinstance(item, dict) and self.field not in item for item in data)):
@@ -237,7 +255,7 @@ class _RequestHandler:
         else:
             return
         response.response = [new]
-        headers["Content-Length"] = str(len(new))
+        response.headers["Content-Length"] = str(len(new))
 
     # -- rejected requests ------------------------------------------------------------------------------
     def _count_input_error(self, telemetry: Any, request: Any, rule: str, status: int, state: Any) -> None:

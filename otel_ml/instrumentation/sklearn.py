@@ -117,11 +117,18 @@ class _MethodWrapper(wrapt.FunctionWrapper):
     __bound_function_wrapper__ = _BoundMethod
 
 
+_NO_X = object()  # X not passed: the original is called as it was, and uses its own default or raises
+
+
 def _patched_function(original: types.FunctionType, wrapper: Any) -> types.FunctionType:
     """``original`` (a method defined with ``def``) calling ``wrapper(bound method, model, args, kwargs)``,
     as a ``wrapt.FunctionWrapper`` would, while ``WRAPPING.on`` is True, and itself plainly otherwise. It
-    keeps the original's name, docstring and signature (``__wrapped__``), and binds and pickles as the
-    original does.
+    keeps the original's name (in error messages too), docstring and signature (``__wrapped__``), and
+    binds and pickles as the original does.
+
+    Inside a model call the plain path is what runs, once per inner model call (a forest's hundred
+    trees): for a method whose first parameter is ``X`` (nearly all), ``model.method(X)`` reaches the
+    original without packing ``*args, **kwargs`` (100 ns instead of 250).
 
     >>> class Model:
     ...     def predict(self, X):
@@ -129,17 +136,29 @@ def _patched_function(original: types.FunctionType, wrapper: Any) -> types.Funct
     >>> def wrapper(wrapped, instance, args, kwargs):
     ...     return ("wrapped", wrapped(*args, **kwargs))
     >>> Model.predict = _patched_function(Model.predict, wrapper)
-    >>> Model().predict(1), Model.predict.__name__, _is_patched(Model.predict)
-    (('wrapped', 1), 'predict', True)
+    >>> Model().predict(1), Model().predict(X=2), Model.predict.__name__, _is_patched(Model.predict)
+    (('wrapped', 1), ('wrapped', 2), 'predict', True)
     """
     thread, bind = WRAPPING, types.MethodType
+    code = original.__code__
+    if code.co_argcount >= 2 and code.co_varnames[1] == "X" and not code.co_posonlyargcount:
+        def method(self: Any, X: Any = _NO_X, *args: Any, **kwargs: Any) -> Any:  # noqa: N803
+            if thread.on:
+                return wrapper(bind(original, self), self, args if X is _NO_X else (X, *args), kwargs)
+            if args or kwargs or X is _NO_X:
+                return original(self, *args, **kwargs) if X is _NO_X else original(self, X, *args, **kwargs)
+            return original(self, X)
+    else:
+        def method(self: Any, *args: Any, **kwargs: Any) -> Any:
+            if thread.on:
+                return wrapper(bind(original, self), self, args, kwargs)
+            return original(self, *args, **kwargs)
 
-    @functools.wraps(original)
-    def method(self: Any, *args: Any, **kwargs: Any) -> Any:
-        if thread.on:
-            return wrapper(bind(original, self), self, args, kwargs)
-        return original(self, *args, **kwargs)
-
+    method = functools.wraps(original)(method)
+    try:  # "predict() missing 1 required positional argument", as the original says it
+        method.__code__ = method.__code__.replace(co_name=code.co_name, co_qualname=code.co_qualname)
+    except (AttributeError, TypeError):  # Python 3.10: no qualified name in code objects
+        method.__code__ = method.__code__.replace(co_name=code.co_name)
     method._otel_ml_patch = method  # type: ignore[attr-defined]  # see _is_patched
     return method
 
@@ -405,6 +424,8 @@ class SklearnInstrumentor(BaseInstrumentor):
                               export_interval=kwargs.get("export_interval"))
         patcher = _Patcher(telemetry, config.methods)
         self.telemetry, self._patcher = telemetry, patcher
+        global _active
+        _active = telemetry
         wrapt.register_post_import_hook(lambda module: patcher.on_sklearn_base(module)
                                         if self._patcher is patcher else None, "sklearn.base")
         wrapt.register_post_import_hook(lambda module: patcher.patch_loader(module, "load")
@@ -431,11 +452,16 @@ class SklearnInstrumentor(BaseInstrumentor):
             self.telemetry.shutdown()
         self._patcher = None
         self.telemetry = None
+        global _active
+        _active = None
+
+
+_active: Telemetry | None = None  # SklearnInstrumentor().telemetry, read on every request by the Flask side
 
 
 def active_telemetry() -> Telemetry | None:
     """The running :class:`Telemetry` (None until ``SklearnInstrumentor().instrument()``)."""
-    return SklearnInstrumentor().telemetry
+    return _active
 
 
 def _register_shutdown(telemetry: Telemetry) -> None:
