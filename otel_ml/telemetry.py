@@ -95,17 +95,18 @@ class Call(Observation):
         self.model, self.operation, self.inputs, self.n_rows = state, operation, inputs, n_rows
         self._table_max_rows = table_max_rows
         self.estimator = estimator
-        self.start_ns = time.time_ns()
         self.start = time.perf_counter_ns()
 
     @property
     def call(self) -> Call:  # the outermost call, as for a Step
         return self
 
+    end_ns = 0  # when a call with a span ended, in ns since the epoch (read when it ended; no clock for others)
+
     @property
-    def end_ns(self) -> int:
-        """When the call ended, in ns since the epoch (its span's end)."""
-        return self.start_ns + self.elapsed_ns
+    def start_ns(self) -> int:
+        """When the call started, in ns since the epoch (its span's start)."""
+        return self.end_ns - self.elapsed_ns
 
     def release(self) -> None:
         """Drop what only the spans needed once they are written (the call may wait in the aggregator's
@@ -356,8 +357,10 @@ class Telemetry:
                 call.output = output
             else:
                 call.error_type, call.exception = error_type(exc), exc
-            if not call.span_pending and call.unsampled_parent is None:  # no SDK tracer: the spans now
-                self._write_spans_of(call, self.tracer)
+            if call.unsampled_parent is None:  # a call with a span
+                call.end_ns = time.time_ns()
+                if not call.span_pending:  # no SDK tracer: the spans now
+                    self._write_spans_of(call, self.tracer)
             for listener in self.listeners:
                 try:
                     listener(call)

@@ -228,7 +228,7 @@ class _Patcher:
             else:
                 token = ACTIVE.set(call)
             try:
-                result = wrapped(*args, **kwargs)
+                result = wrapped(*args, **kwargs) if kwargs else wrapped(*args)
             except BaseException as exc:
                 if leaf:
                     WRAPPING.on = True
