@@ -37,6 +37,7 @@ variant; metrics are exported by otel-ml's export loop (every 5 s) to an exporte
 from __future__ import annotations
 
 import argparse
+import random
 import json
 import platform
 import statistics
@@ -163,9 +164,9 @@ class Bench:
         per_call = (time.perf_counter() - start) / 5
         calls = max(7, int(self.block_seconds / per_call))
         results: dict[str, list[tuple[float, float]]] = {v: [] for v in VARIANTS}
-        for r in range(rounds):
-            k = r % len(VARIANTS)
-            for variant in VARIANTS[k:] + VARIANTS[:k]:
+        order = random.Random(f"{name}/{n}")
+        for _ in range(rounds):
+            for variant in order.sample(VARIANTS, len(VARIANTS)):  # no variant always follows the same one
                 results[variant].append(self.block(variant, model, X, calls))
         return results
 

@@ -366,7 +366,7 @@ class Telemetry:
                     listener(call)
                 except Exception as error:
                     self.internal_error("listener", error)
-            self.aggregator.submit(call)
+            self.aggregator.submit(call, call.span_pending)
             if exc is None and call.operation in TRAINING_OPERATIONS:
                 self._after_fit(call)
         except Exception as error:

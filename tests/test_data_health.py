@@ -224,6 +224,39 @@ def test_large_batches_wake_the_aggregator_and_bound_its_queue(make, monkeypatch
     assert metrics.value(semconv.INPUT_ROWS_METRIC, ml__operation__name="predict") == 5_000
 
 
+def test_calls_with_spans_wake_the_aggregator_sooner_than_calls_without(make, monkeypatch):
+    """Spans wait for the aggregator thread, so calls with spans wake it every WAKE_SPANS calls; calls
+    without (an unsampled trace) only every WAKE_EVERY calls: each wake costs the caller's thread."""
+    import time
+
+    from opentelemetry import context, trace
+    from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
+
+    from otel_ml import aggregator
+
+    monkeypatch.setattr(aggregator, "WAKE_SPANS", 8)
+    monkeypatch.setattr(aggregator, "WAKE_EVERY", 16)
+    model = LogisticRegression().fit(X, Y)
+    inst = make()
+    queue = inst.telemetry.aggregator._queue
+
+    def queued_after(calls: int) -> int:
+        for _ in range(calls):
+            model.predict(X[:1])
+        time.sleep(0.3)  # the thread drains within this when woken (its timer is the SDK's 5 s)
+        return len(queue)
+
+    assert queued_after(7) == 7
+    assert queued_after(1) == 0  # the eighth call with a span woke it
+    token = context.attach(trace.set_span_in_context(NonRecordingSpan(SpanContext(
+        trace_id=1, span_id=2, is_remote=True, trace_flags=TraceFlags(TraceFlags.DEFAULT)))))
+    try:
+        assert queued_after(15) == 15  # no spans: the sixteenth call wakes it
+        assert queued_after(1) == 0
+    finally:
+        context.detach(token)
+
+
 def test_a_refilled_row_buffer_is_counted_as_each_call_saw_it(make):
     """A streaming loop that refills one row buffer per call: the aggregator reads inputs after the calls,
     yet counts what each call was given (small numpy inputs are copied when the call starts)."""
