@@ -17,7 +17,7 @@ mixins they inherit from: scikit-learn's own classes, classes imported or define
 subclasses, scikit-learn-API wrappers of other libraries), and models loaded with pickle or joblib
 (they are instances of those classes). Patching happens once per class, when ``sklearn.base`` is first
 imported: instrumenting imports nothing of scikit-learn by itself. A method defined with ``def`` (884 of
-957 in scikit-learn 1.7) is replaced by a plain function that calls it (:func:`_patched_function`);
+957 in scikit-learn 1.9) is replaced by a plain function that calls it (:func:`_patched_function`);
 any other descriptor (``available_if``, which makes ``hasattr(pipeline, "predict_proba")`` follow the
 final step) by a ``wrapt.FunctionWrapper``, which keeps its ``__get__``. The plain function is bound
 by Python itself at 50 ns per ``model.predict`` where wrapt's bound proxy costs 400 ns, and a model call
