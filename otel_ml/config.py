@@ -279,7 +279,7 @@ def markdown() -> str:
         "`opentelemetry-instrument` also accepts each as a flag (`OTEL_ML_MODEL_NAME` → `--ml_model_name`).",
         "The standard `OTEL_*` variables (service name, exporters, endpoints, sampling) work as usual; two of them",
         "also set otel-ml's pace: `OTEL_BSP_SCHEDULE_DELAY` (default 5000 ms), how often its background thread",
-        "writes the queued calls' spans and counts (and at least every 256 calls), and",
+        "writes the queued calls' spans and counts (sooner after 256 calls with spans or 4096 without), and",
         "`OTEL_METRIC_EXPORT_INTERVAL` (default 60000 ms), how often its metrics are exported.", "",
         "| variable | default | meaning |", "|---|---|---|",
     ]
