@@ -25,7 +25,7 @@ replacement). Variants:
 How it is paired: this machine's vCPUs slow down by up to 60 % for stretches of a second or more
 (another tenant; a plain forest call swings between 5.1 and 8.5 ms with nothing else running). So
 each (model, batch) cell runs ``--rounds`` rounds; in a round every variant runs one short block of
-calls (about ``--block-ms``), in an order rotated from round to round, and otel-ml is instrumented and
+calls (about ``--block-ms``), in an order shuffled from round to round (seeded), and otel-ml is instrumented and
 uninstrumented around its blocks. A variant's overhead is the median over rounds of (its median call
 time in the round - plain's median call time in the same round). CPU time is the process's (every
 thread: otel-ml's aggregator and exporter too) per call, paired the same way.
