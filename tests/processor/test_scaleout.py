@@ -8,12 +8,15 @@ binary the test routes by model itself (same split, no collector), and says so.
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import json
 import os
+import struct
 import subprocess
 import sys
 import time
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -30,7 +33,7 @@ ROOT = Path(__file__).resolve().parents[2]
 OTELCOL = ROOT / ".stack" / "bin" / "otelcol-ml"
 LB_CONFIG = ROOT / "collector-config" / "processor" / "processor-lb.yaml"
 PROCESSOR_CONFIG = ROOT / "collector-config" / "processor" / "processor.toml"
-# twelve models: the chance that the hash ring puts them all on one of two instances is about 2 / 4096
+# twelve models; the processors' ports are chosen so that the hash ring gives each instance some
 MODELS = ["churn", "fraud", "credit", "upsell", "ltv", "spam", "risk", "promo", "eta", "price", "stock", "nps"]
 DERIVED_TO_FILE = """
 exporters:
@@ -45,8 +48,44 @@ service:
 """
 
 
-def start_processor(tmp_path: Path, name: str, derived: str) -> tuple[subprocess.Popen, str, str]:
-    grpc_port, http_port = free_port(), free_port()
+def lb_owner(endpoints: list[str], identifier: str) -> str:
+    """The endpoint the collector's load_balancing exporter (the pinned v0.161.0) sends ``identifier`` to:
+    its hash ring has 200 crc32 points per endpoint over 131,071 positions (collisions probed ahead up
+    to 10), and a record goes to the first point at or after crc32(identifier); the identifier of
+    ``routing_attributes: [ml.model.name]`` is ``ml.model.name=<name>|``.
+
+    >>> lb_owner(["127.0.0.1:4691", "127.0.0.1:4644"], "ml.model.name=churn|")  # a pair that takes all twelve
+    '127.0.0.1:4691'
+    """
+    positions = 131071
+    candidates = sorted(((h % positions, h, e) for e in endpoints for h in
+                         (zlib.crc32(struct.pack("<I", i), zlib.crc32(e.encode())) for i in range(200))))
+    used: set[int] = set()
+    ring = []
+    for position, _, endpoint in candidates:
+        probed = 0
+        while position in used and probed < 10:
+            position, probed = (position + 1) % positions, probed + 1
+        if probed < 10:
+            used.add(position)
+            ring.append((position, endpoint))
+    ring.sort()
+    index = bisect.bisect_left([p for p, _ in ring], zlib.crc32(identifier.encode()) % positions)
+    return ring[index % len(ring)][1]
+
+
+def ports_splitting_the_models() -> tuple[int, int]:
+    """Two free ports for the processors' gRPC receivers whose endpoints the ring gives some models each:
+    for about one port pair in 340 of this range it would put all twelve on one instance."""
+    while True:
+        a, b = free_port(), free_port()
+        endpoints = [f"127.0.0.1:{a}", f"127.0.0.1:{b}"]
+        if len({lb_owner(endpoints, f"ml.model.name={m}|") for m in MODELS}) == 2:
+            return a, b
+
+
+def start_processor(tmp_path: Path, name: str, derived: str, grpc_port: int) -> tuple[subprocess.Popen, str, str]:
+    http_port = free_port()
     env = {**os.environ, "OTEL_ML_PROCESSOR_GRPC_ENDPOINT": f"127.0.0.1:{grpc_port}",
            "OTEL_ML_PROCESSOR_HTTP_ENDPOINT": f"127.0.0.1:{http_port}",
            "OTEL_ML_PROCESSOR_STORE_PATH": str(tmp_path / f"{name}.db"),
@@ -140,9 +179,10 @@ def test_two_instances_each_model_complete_and_correct(tmp_path):
     procs = []
     collector = None
     try:
-        a = start_processor(tmp_path, "proc-a", f"127.0.0.1:{derived_port}")
+        port_a, port_b = ports_splitting_the_models()
+        a = start_processor(tmp_path, "proc-a", f"127.0.0.1:{derived_port}", port_a)
         procs.append(a[0])
-        b = start_processor(tmp_path, "proc-b", f"127.0.0.1:{derived_port}")
+        b = start_processor(tmp_path, "proc-b", f"127.0.0.1:{derived_port}", port_b)
         procs.append(b[0])
         instances = {"proc-a": a, "proc-b": b}
         if use_collector:
@@ -214,6 +254,10 @@ def test_two_instances_each_model_complete_and_correct(tmp_path):
                 homes[row["model"]].add(name)
         assert all(len(h) == 1 for h in homes.values()), homes  # each model's state on exactly one instance
         assert {h for hs in homes.values() for h in hs} == {"proc-a", "proc-b"}, homes  # both instances used
+        if use_collector:  # and each model where the collector's hash ring puts it
+            name_of = {inst[1]: name for name, inst in instances.items()}
+            endpoints = [a[1], b[1]]
+            assert homes == {m: {name_of[lb_owner(endpoints, f"ml.model.name={m}|")]} for m in MODELS}
 
         for model in MODELS:
             s = status[next(iter(homes[model]))]
