@@ -12,13 +12,13 @@ replacement). Variants:
   instrumentation pays;
 - ``otel_ml``: otel-ml with full telemetry (sampled span, prediction summary, metrics aggregation on
   its background thread, whose GIL time is part of what is measured);
-- ``otel_ml_baseline``: the same with a baseline attached (input validation on the request path,
+- ``otel_ml_baseline``: the same with a baseline attached (input validation and
   drift bin counting on the aggregator thread);
 - ``otel_ml_unsampled``: otel-ml when the trace is not sampled: the calls run under a parent span
   whose trace was not sampled upstream (parent-based sampling, the SDK's default), as in a service
   whose HTTP server span made the decision;
-- ``otel_ml_unsampled_baseline``: unsampled, with a baseline attached (validation on the request path,
-  drift counting off it);
+- ``otel_ml_unsampled_baseline``: unsampled, with a baseline attached (validation and drift counting
+  on the aggregator thread);
 - ``otel_ml_unsampled_drift``: unsampled, with a baseline and ``OTEL_ML_VALIDATION_ENABLED=false``: what
   drift and data-quality counting cost a call (they run on the aggregator thread).
 

@@ -383,7 +383,7 @@ def _group_tables(observations: list[Observation]) -> list[frame.Table]:
     stack: list[np.ndarray] = []
     width = None
     for obs in observations:
-        x = obs.inputs  # a table built on the request path (for validation) of such an array is only a view
+        x = obs.inputs  # a table built earlier (strict validation) of such an array is only a view
         if (isinstance(x, np.ndarray) and x.ndim == 2 and x.dtype.kind == "f"
                 and x.shape[0] <= STACK_LIMIT and (width is None or x.shape[1] == width)):
             width = x.shape[1]

@@ -171,9 +171,8 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("OTEL_ML_DRIFT_METHODS", "drift_methods", DRIFT_METHODS, _choices(DRIFT_METHODS, "drift method"),
              "Distances that flag a feature as drifted (all are computed and exported)."),
     Variable("OTEL_ML_VALIDATION_ENABLED", "validation_enabled", True, _bool,
-             "Check every call's inputs against the model's baseline, before the model runs (a one-row numpy "
-             "call: about 16 µs); off keeps drift and data-quality metrics, which are computed off the "
-             "request path."),
+             "Check every call's inputs against the model's baseline (on otel-ml's background thread; in "
+             "strict mode before the model runs); off keeps drift and data-quality metrics."),
     Variable("OTEL_ML_VALIDATION_STRICT", "validation_strict", False, _bool,
              "Raise InputValidationError before the model runs when an input violates the baseline."),
     Variable("OTEL_ML_VALIDATION_RANGE_MARGIN", "validation_range_margin", 0.1, fraction,

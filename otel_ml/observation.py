@@ -135,8 +135,8 @@ class Observation:
         """The inputs checked against the model's baseline, once: a
         :class:`~otel_ml.validation.ValidationResult`, or None (no baseline, no inputs, a training call, or
         a strict check that raised :class:`~otel_ml.validation.InputValidationError`, which is not repeated).
-        Telemetry checks before the model runs: strict mode fails the call then, and the counts describe the
-        inputs as they were passed even when the caller reuses the array afterwards."""
+        In strict mode telemetry checks before the model runs (the call fails then); otherwise the aggregator
+        thread checks when it reads the inputs for missing values and drift bins."""
         if not self._validated:
             self._validated = True
             validator = self.model.validator

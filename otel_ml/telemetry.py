@@ -1,7 +1,8 @@
 """Turning a model call into spans, and handing its observation to the aggregator.
 
 The request path does only this: time the model call (and the steps of a model that has steps), draw
-the ids its span will have (its prediction ids are made of them), and append the finished :class:`Call`
+the ids its span will have (its prediction ids are made of them), validate its inputs in strict mode
+only, and append the finished :class:`Call`
 (an :class:`~otel_ml.observation.Observation`) to a bounded queue. The aggregator thread
 (:class:`~otel_ml.aggregator.Aggregator`) writes the call's span and its steps' child spans, through a
 copy of the SDK tracer whose id generator hands out the drawn ids (:class:`PresetIds`), and computes
@@ -332,7 +333,10 @@ class Telemetry:
                 call.span_pending = True
                 call._trace_id = trace_id or ids.generate_trace_id()
                 call._span_id = ids.generate_span_id()
-        if state.validator is not None:  # now: strict mode fails the call, and a caller may reuse its array
+        validator = state.validator
+        # strict mode fails the call, so it checks now; otherwise the aggregator thread checks the inputs
+        # when it counts their missing values and drift bins (small numpy inputs were copied above)
+        if validator is not None and validator.strict:
             try:
                 call.validate()
             except self.passthrough_errors as exc:  # the span records why, the caller gets it

@@ -111,6 +111,24 @@ def test_validation_switched_off_keeps_drift(make, model_file):
                          ml__drift__method="psi") < 0.5
 
 
+@pytest.mark.parametrize("strict", [False, True])
+def test_validation_runs_off_the_request_path_unless_strict(make, model_file, monkeypatch, strict):
+    """Strict mode must fail the call, so it validates before the call returns; otherwise validation runs
+    where the missing values and drift bins are counted, when the aggregator drains its queue."""
+    from otel_ml.validation import Validator
+
+    checked = []
+    check = Validator.check
+    monkeypatch.setattr(Validator, "check", lambda self, table: checked.append(table.rows_kept) or check(self, table))
+    inst = make(validation_strict=strict)
+    model = _load(model_file)
+    model.predict(X[:3])
+    assert checked == ([3] if strict else [])
+    metrics = inst.flush()
+    assert checked == [3]  # once
+    assert metrics.value(semconv.INPUT_ROWS_METRIC, ml__operation__name="predict") == 3
+
+
 def test_strict_mode_raises_before_the_model_runs(make, model_file):
     inst = make(validation_strict=True)
     model = _load(model_file)
