@@ -67,6 +67,10 @@ class ModelState:
         self.feature_names: list[str] | None = [str(n) for n in names] if names is not None else None
         self.metric_key: tuple = ((semconv.MODEL_NAME, self.identity.name),
                                   (semconv.MODEL_VERSION, self.identity.version))
+        # name, version and id: what records and a web request's span say of the model (readers copy it)
+        self.identity_attributes: dict[str, str] = dict(self.metric_key)
+        if self.identity.id:
+            self.identity_attributes[semconv.MODEL_ID] = self.identity.id
         self._base_attributes = {
             semconv.MODEL_NAME: self.identity.name,
             semconv.MODEL_VERSION: self.identity.version,

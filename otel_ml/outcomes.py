@@ -429,6 +429,7 @@ class OutcomeTracker:
         self._windows: dict[tuple, PerformanceWindow] = {}
         self._models: dict[tuple, Any] = {}  # metric key -> latest ModelState that predicted
         self._named: set[str] = set()  # names given with outcomes of models that never predicted here
+        self._last_state: Any = None  # the model of the latest prediction: the request path skips _remember
         self._lock = threading.Lock()
 
     @property
@@ -452,10 +453,8 @@ class OutcomeTracker:
             return None
         prediction, others = Prediction.from_observations(observations)
         state = prediction.state
-        if state.metric_key not in self._models or self._models[state.metric_key] is not state:
-            with self._lock:
-                if len(self._models) < 1000:
-                    self._models[state.metric_key] = state
+        if state is not self._last_state:
+            self._remember(state)
         self.pending.add(prediction)
         if self.records.rate > 0.0:
             try:
@@ -465,6 +464,13 @@ class OutcomeTracker:
         for obs in others:
             self.on_prediction((obs,))
         return prediction
+
+    def _remember(self, state: Any) -> None:
+        """The latest model state under its metric key (outcomes without a prediction here are counted under it)."""
+        with self._lock:
+            if len(self._models) < 1000 or state.metric_key in self._models:
+                self._models[state.metric_key] = state
+        self._last_state = state
 
     # -- outcomes ---------------------------------------------------------------------------------------
     def record(self, prediction_id: str, actual: Any, model: Any = None, timestamp_ns: int | None = None) -> bool:
@@ -562,6 +568,7 @@ class OutcomeTracker:
         self._lock = threading.Lock()
         self._windows = {}
         self._models = {}
+        self._last_state = None
 
 
 # -- finding the tracker -------------------------------------------------------------------------------

@@ -108,14 +108,6 @@ def attribute_value(value: Any) -> Any:
     return str(value)
 
 
-def identity_attributes(state: Any) -> dict[str, Any]:
-    identity = state.identity
-    attributes = {semconv.MODEL_NAME: identity.name, semconv.MODEL_VERSION: identity.version}
-    if identity.id:
-        attributes[semconv.MODEL_ID] = identity.id
-    return attributes
-
-
 def row_attributes(readout: Any, row: int, class_labels: Sequence[str] | None) -> dict[str, Any]:
     """The prediction of one row: label, score, and every class's score when probabilities exist."""
     attributes: dict[str, Any] = {}
@@ -164,7 +156,7 @@ class RecordEmitter:
             return 0
         state = prediction.state
         readout = prediction.read()
-        base = {semconv.RECORD_KIND: semconv.RECORD_KIND_PREDICTION, **identity_attributes(state),
+        base = {semconv.RECORD_KIND: semconv.RECORD_KIND_PREDICTION, **state.identity_attributes,
                 semconv.OPERATION_NAME: prediction.operation}
         raw = self._raw_rows(inputs, rows, state) if self.capture_raw and inputs is not None else None
         trace_hex, span_hex = prediction.prediction_id.split("-")
@@ -212,7 +204,7 @@ class RecordEmitter:
             semconv.OUTCOME_ACTUAL: attribute_value(actual),
         }
         if state is not None:
-            attributes.update(identity_attributes(state))
+            attributes.update(state.identity_attributes)
         elif model_name:
             attributes[semconv.MODEL_NAME] = model_name
         if prediction is not None:

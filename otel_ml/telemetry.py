@@ -456,7 +456,7 @@ class Telemetry:
 
     def _span_attributes(self, call: Call) -> dict:
         state, config = call.model, self.config
-        attributes = prediction_attributes(call, config.max_classes)
+        attributes = dict(prediction_summary(call, config.max_classes))
         if state.drift is not None:
             attributes[semconv.DRIFT_DETECTED] = state.drift_detected
         if (config.feature_summaries and call.n_rows >= config.summary_min_rows and call.inputs is not None
@@ -589,14 +589,14 @@ def _finite(value: float) -> float:
 
 
 
-def prediction_attributes(observation: Observation, max_classes: int) -> dict[str, Any]:
+def prediction_summary(observation: Observation, max_classes: int) -> dict[str, Any]:
     """Span attributes summarising a call's predictions: the label, score and confidence of a single row;
     class counts, lowest confidence and score statistics of a batch. Read once per call (the model span and
-    a Flask server span both show them); the caller gets its own copy."""
+    a Flask server span both show them): the dict is the call's, to be copied, not changed."""
     summary = observation.span_summary
     if summary is None:
         summary = observation.span_summary = _prediction_summary(observation, max_classes)
-    return dict(summary)
+    return summary
 
 
 def _prediction_summary(observation: Observation, max_classes: int) -> dict[str, Any]:

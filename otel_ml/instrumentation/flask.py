@@ -68,8 +68,8 @@ from otel_ml import config as config_module
 from otel_ml import outcomes, semconv
 from otel_ml.instrumentation.sklearn import active_telemetry
 from otel_ml.package import _instruments_flask
-from otel_ml.records import identity_attributes, parse_prediction_id
-from otel_ml.telemetry import prediction_attributes
+from otel_ml.records import parse_prediction_id
+from otel_ml.telemetry import prediction_summary
 
 _log = logging.getLogger("otel_ml")
 
@@ -78,6 +78,12 @@ ERROR_TYPE_ENVIRON_KEY = "otel_ml.input_error_type"
 HEADER_MAX_IDS = 100  # larger batches get a range in the header (every id is in the JSON field)
 MAX_JSON_CHECK_BYTES = 1 << 20  # a rejected body larger than this is not parsed to tell invalid JSON
 _UNTOUCHABLE = frozenset({"content-encoding", "etag"})  # bodies with these headers are never rewritten
+
+
+def _is_json(content_type: str) -> bool:
+    """Whether a Content-Type header names JSON (``application/json`` or ``application/*+json``)."""
+    mimetype = content_type.partition(";")[0].strip().lower()
+    return mimetype == "application/json" or (mimetype.startswith("application/") and mimetype.endswith("+json"))
 
 
 def set_input_error_type(error_type: str) -> None:
@@ -108,7 +114,6 @@ class _RequestHandler:
         self.enabled = True
         self._telemetry: Any = None
         self._tracker: Any = None
-        self._identities: dict[Any, dict] = {}  # ModelState -> its identity attributes
         self.input_errors_description = "Requests a predict route rejected (4xx), by error.type"
 
     def attach(self, telemetry: Any, logger_provider: Any = None) -> Any:
@@ -151,79 +156,71 @@ class _RequestHandler:
         rule = url_rule.rule if url_rule is not None else None
         state = None
         if collected:
-            prediction = tracker.on_prediction(collected)
-            state = prediction.state
+            tracker.on_prediction(collected)
+            first = collected[0]  # the first call answers for the request: its ids are the prediction's
+            state = first.model
             if rule is not None and self.route_states.get(rule) is not state:
                 self.route_states[rule] = state
-            first_id = prediction.row_id(0)
+            first_id = first.row_id(0)
             span = request.environ.get(SPAN_ENVIRON_KEY)
             if span is not None and span.is_recording():
-                self._annotate_span(telemetry, span, prediction, first_id, collected)
+                span.set_attributes(self._span_attributes(telemetry, first, first_id, collected))
             if 200 <= status < 300 and (self.header or self.field):
-                self._return_ids(response, prediction, first_id)
+                self._return_ids(response, first, first_id)
         if 400 <= status < 500 and rule is not None and (rule in self.route_states or rule in self.configured):
             self._count_input_error(telemetry, request, rule, status, state or self.route_states.get(rule))
 
     # -- the server span ------------------------------------------------------------------------------
-    def _identity(self, state: Any) -> dict:
-        cached = self._identities.get(state)
-        if cached is None:
-            if len(self._identities) > 1000:
-                self._identities.clear()
-            cached = self._identities[state] = identity_attributes(state)
-        return cached
-
-    def _annotate_span(self, telemetry: Any, span: Any, prediction: Any, first_id: str, collected: list) -> None:
-        attributes = dict(self._identity(prediction.state))
+    @staticmethod
+    def _span_attributes(telemetry: Any, first: Any, first_id: str, collected: list) -> dict:
+        """The model's identity, the first row's prediction id and the model span's prediction summary
+        (of a probability call, when the request made several calls of the model on the same rows)."""
+        state, n = first.model, first.n_rows
+        attributes = dict(state.identity_attributes)
         attributes[semconv.PREDICTION_ID] = first_id
-        n = prediction.n_rows
         if n > 1:
             attributes[semconv.INPUT_ROWS] = n
-        # the model span's prediction summary, read once by the core (a probability call when there are several)
-        call = collected[0]
+        call = first
         if len(collected) > 1:
-            calls = [obs for obs in collected if obs.model is prediction.state and obs.n_rows == n]
-            call = next((obs for obs in calls if obs.operation in outcomes.PROBABILITY_OPERATIONS), calls[0])
-        attributes.update(prediction_attributes(call, telemetry.config.max_classes))
-        state = prediction.state
+            calls = [obs for obs in collected if obs.model is state and obs.n_rows == n]
+            call = next((obs for obs in calls if obs.operation in outcomes.PROBABILITY_OPERATIONS), first)
+        attributes.update(prediction_summary(call, telemetry.config.max_classes))
         if state.drift is not None:
             attributes[semconv.DRIFT_DETECTED] = state.drift_detected
-        span.set_attributes(attributes)
+        return attributes
 
     # -- prediction ids in the response ------------------------------------------------------------------
-    def _return_ids(self, response: Any, prediction: Any, first_id: str) -> None:
+    def _return_ids(self, response: Any, first: Any, first_id: str) -> None:
         """The ids in the response header and JSON body, after one pass over the response's headers."""
         headers = response.headers
         has_header, untouchable, json_body = False, False, False
         for key, value in headers:  # werkzeug finds or replaces a header by scanning them all: once here
             lower = key.lower()
             if lower == "content-type":
-                mimetype = value.partition(";")[0].strip().lower()
-                json_body = mimetype == "application/json" or (
-                    mimetype.startswith("application/") and mimetype.endswith("+json"))
+                json_body = value == "application/json" or _is_json(value)  # the first: what jsonify sets
             elif lower in _UNTOUCHABLE:
                 untouchable = True
             elif lower == self.header_lower:
                 has_header = True
         if self.header:
-            value = first_id if prediction.n_rows == 1 else self._header_value(prediction)
+            value = first_id if first.n_rows == 1 else self._header_value(first)
             if has_header:
                 headers[self.header] = value
             else:
                 headers.add(self.header, value)
         if self.field and json_body and not untouchable and not response.direct_passthrough:
-            self._add_field(response, prediction, first_id)
+            self._add_field(response, first, first_id)
 
     @staticmethod
-    def _header_value(prediction: Any) -> str:
-        n = prediction.n_rows
+    def _header_value(first: Any) -> str:
+        n = first.n_rows
         if n == 1:
-            return prediction.row_id(0)
+            return first.row_id(0)
         if n <= HEADER_MAX_IDS:
-            return ",".join(prediction.ids())
-        return f"{prediction.prediction_id}-0..{n - 1}"
+            return ",".join(first.prediction_ids())
+        return f"{first.prediction_id}-0..{n - 1}"
 
-    def _add_field(self, response: Any, prediction: Any, first_id: str) -> None:
+    def _add_field(self, response: Any, first: Any, first_id: str) -> None:
         """The ids under ``self.field`` of a JSON response (a top-level object, or a list of one object per row)."""
         chunks = response.response
         if type(chunks) is list and len(chunks) == 1 and type(chunks[0]) is bytes:
@@ -232,30 +229,29 @@ class _RequestHandler:
             body = response.get_data()
         else:
             return  # streamed
-        stripped = body.lstrip()
-        first = stripped[:1]
-        n = prediction.n_rows
-        if first == b"{":
+        stripped = body if body[:1] == b"{" else body.lstrip()  # jsonify's bodies start with the brace
+        first_byte = stripped[:1]
+        n = first.n_rows
+        if first_byte == b"{":
             if self.field_key in body:  # maybe already there: look properly
                 data = json.loads(body)
                 if not isinstance(data, dict) or self.field in data:
                     return
             # ids are hex digits and dashes: JSON strings as they are
-            value = f'"{first_id}"' if n == 1 else '["' + '","'.join(prediction.ids()) + '"]'
+            value = f'"{first_id}"' if n == 1 else '["' + '","'.join(first.prediction_ids()) + '"]'
             rest = stripped[1:].lstrip()
             new = b"".join((b"{", self.field_key, b":", value.encode(), b"" if rest.startswith(b"}") else b",", rest))
-        elif first == b"[" and n > 1:
+        elif first_byte == b"[" and n > 1:
             data = json.loads(body)
             if not (isinstance(data, list) and len(data) == n
                     and all(isinstance(item, dict) and self.field not in item for item in data)):
                 return
-            for item, prediction_id in zip(data, prediction.ids()):
+            for item, prediction_id in zip(data, first.prediction_ids()):
                 item[self.field] = prediction_id
             new = json.dumps(data, separators=(",", ":")).encode() + b"\n"
         else:
             return
-        response.response = [new]
-        response.headers["Content-Length"] = str(len(new))
+        response.set_data(new)  # and its Content-Length
 
     # -- rejected requests ------------------------------------------------------------------------------
     def _count_input_error(self, telemetry: Any, request: Any, rule: str, status: int, state: Any) -> None:
