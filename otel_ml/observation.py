@@ -31,7 +31,7 @@ import numpy as np
 from otel_ml import frame
 from otel_ml.config import TRAINING_METHODS
 
-_PROBABILITY_OPERATIONS = ("predict_proba", "predict_log_proba")
+PROBABILITY_OPERATIONS = ("predict_proba", "predict_log_proba")
 PREDICTING_OPERATIONS = frozenset({"predict", "predict_proba", "predict_log_proba", "decision_function",
                                    "fit_predict"})
 TRAINING_OPERATIONS = frozenset(TRAINING_METHODS)
@@ -160,7 +160,7 @@ def read_predictions(operation: str, output: Any, class_labels: list[str] | None
     """Labels, scores and the lowest confidence from a model method's return value."""
     out = output[0] if isinstance(output, tuple) else output
     arr = out if isinstance(out, np.ndarray) else np.asarray(out)
-    if operation in ("predict_proba", "predict_log_proba"):
+    if operation in PROBABILITY_OPERATIONS:
         if arr.ndim != 2 or arr.shape[1] == 0 or arr.dtype.kind not in "fc":
             return None
         proba = np.exp(arr) if operation == "predict_log_proba" else arr
@@ -200,7 +200,7 @@ def first_prediction(operation: str, output: Any, class_labels: list[str] | None
     (None, 2.5, None)
     """
     out = output[0] if type(output) is tuple else output
-    if (operation in _PROBABILITY_OPERATIONS and type(out) is np.ndarray and out.ndim == 2 and len(out)
+    if (operation in PROBABILITY_OPERATIONS and type(out) is np.ndarray and out.ndim == 2 and len(out)
             and out.dtype.kind == "f"):
         row = out.tolist()[0] if len(out) == 1 else out[0].tolist()
         if row:

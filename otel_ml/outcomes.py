@@ -59,12 +59,11 @@ import numpy as np
 from otel_ml import config as config_module
 from otel_ml import semconv
 from otel_ml.metrics import GaugeState
-from otel_ml.observation import PREDICTING_OPERATIONS, Observation, read_predictions
+from otel_ml.observation import PREDICTING_OPERATIONS, PROBABILITY_OPERATIONS, Observation, read_predictions
 from otel_ml.records import RecordEmitter, parse_prediction_id
 
 _log = logging.getLogger("otel_ml")
 
-PROBABILITY_OPERATIONS = ("predict_proba", "predict_log_proba")
 OUTCOME_COUNT_DESCRIPTION = "Outcomes recorded, by whether they met their prediction in this process"
 
 # Observations of the request in progress, set by a web integration (otel_ml.instrumentation.flask):

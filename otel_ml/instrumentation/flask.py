@@ -67,6 +67,7 @@ from opentelemetry.instrumentation.instrumentor import BaseInstrumentor
 from otel_ml import config as config_module
 from otel_ml import outcomes, semconv
 from otel_ml.instrumentation.sklearn import active_telemetry
+from otel_ml.observation import PROBABILITY_OPERATIONS
 from otel_ml.package import _instruments_flask
 from otel_ml.records import parse_prediction_id
 from otel_ml.telemetry import prediction_summary
@@ -183,7 +184,7 @@ class _RequestHandler:
         call = first
         if len(collected) > 1:
             calls = [obs for obs in collected if obs.model is state and obs.n_rows == n]
-            call = next((obs for obs in calls if obs.operation in outcomes.PROBABILITY_OPERATIONS), first)
+            call = next((obs for obs in calls if obs.operation in PROBABILITY_OPERATIONS), first)
         attributes.update(prediction_summary(call, telemetry.config.max_classes))
         if state.drift is not None:
             attributes[semconv.DRIFT_DETECTED] = state.drift_detected
