@@ -611,14 +611,17 @@ def _prediction_summary(observation: Observation, max_classes: int) -> dict[str,
 
 
 def _row_attributes(label: str | None, score: float | None, confidence: float | None) -> dict:
-    """Span attributes of a one-row prediction (the row's label, score and confidence)."""
+    """Span attributes of a one-row prediction (the row's label, score and confidence; NaN and infinities,
+    which OTLP JSON cannot carry, as 0)."""
     attributes: dict[str, Any] = {}
     if label is not None:
         attributes[semconv.PREDICTION_LABEL] = label
     if score is not None:
-        attributes[semconv.PREDICTION_SCORE] = _finite(score)
+        score = float(score)
+        attributes[semconv.PREDICTION_SCORE] = score if score - score == 0.0 else 0.0  # False for NaN, inf
     if confidence is not None:
-        attributes[semconv.PREDICTION_CONFIDENCE_MIN] = _finite(confidence)
+        confidence = float(confidence)
+        attributes[semconv.PREDICTION_CONFIDENCE_MIN] = confidence if confidence - confidence == 0.0 else 0.0
     return attributes
 
 

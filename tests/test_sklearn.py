@@ -504,3 +504,19 @@ def test_flushing_the_provider_writes_the_spans_otel_ml_holds(make, data, end):
     model.predict_proba(X.iloc[:2])
     getattr(inst.telemetry._tracer_provider, end)()
     assert [s.name for s in inst.spans.get_finished_spans()] == ["predict_proba LogisticRegression"]
+
+
+@pytest.mark.parametrize("score, confidence, want", [
+    (0.25, 0.75, (0.25, 0.75)),
+    (np.float64(0.5), np.float32(0.5), (0.5, 0.5)),
+    (float("nan"), float("inf"), (0.0, 0.0)),
+    (-np.inf, 2.0, (0.0, 2.0)),
+])
+def test_one_row_span_attributes_are_finite_floats(score, confidence, want):
+    """OTLP JSON cannot carry NaN or infinities: a one-row prediction's score and confidence become 0 then."""
+    from otel_ml.telemetry import _row_attributes
+
+    attributes = _row_attributes("yes", score, confidence)
+    got = (attributes[semconv.PREDICTION_SCORE], attributes[semconv.PREDICTION_CONFIDENCE_MIN])
+    assert got == want and all(type(v) is float for v in got)
+    assert attributes[semconv.PREDICTION_LABEL] == "yes"
