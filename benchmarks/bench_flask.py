@@ -40,8 +40,7 @@ Scenarios (the model the service calls for each request):
   scaler and one-hot encoder, then LogisticRegression) on a pandas row: one model span plus a child
   span per pipeline step.
 
-Target: ``otel_ml`` adds at most 50 µs per single-row request over ``flask`` (judged under steady load;
-the cold-cache figure is reported beside it).
+Target: ``otel_ml`` adds at most 50 µs per single-row request over ``flask``, in each regime.
 """
 
 from __future__ import annotations
