@@ -583,8 +583,9 @@ def _finite_list(values: np.ndarray) -> list[float]:
 
 
 def _finite(value: float) -> float:
+    """``value`` as a float, NaN and infinities (which OTLP JSON cannot carry) as 0."""
     value = float(value)
-    return value if value == value and abs(value) != float("inf") else 0.0
+    return value if value - value == 0.0 else 0.0  # NaN - NaN and inf - inf are NaN
 
 
 
@@ -617,11 +618,9 @@ def _row_attributes(label: str | None, score: float | None, confidence: float | 
     if label is not None:
         attributes[semconv.PREDICTION_LABEL] = label
     if score is not None:
-        score = float(score)
-        attributes[semconv.PREDICTION_SCORE] = score if score - score == 0.0 else 0.0  # False for NaN, inf
+        attributes[semconv.PREDICTION_SCORE] = _finite(score)
     if confidence is not None:
-        confidence = float(confidence)
-        attributes[semconv.PREDICTION_CONFIDENCE_MIN] = confidence if confidence - confidence == 0.0 else 0.0
+        attributes[semconv.PREDICTION_CONFIDENCE_MIN] = _finite(confidence)
     return attributes
 
 
