@@ -59,6 +59,7 @@ class Aggregator:
                  write_spans: Callable[[list[Observation]], None] | None = None) -> None:
         self.store, self.config, self._on_error = store, config, on_error
         self._write_spans = write_spans  # given every drained batch first, in arrival order
+        self.after_drain: list[Callable[[], None]] = []  # called after each drain (outcome bookkeeping)
         self._queue: collections.deque[Observation] = collections.deque()
         self._queued_rows = 0  # input rows of the queued calls (approximate under threads: a bound)
         self._queued_spans = 0  # queued calls whose spans this thread writes (approximate: it only wakes it)
@@ -171,6 +172,11 @@ class Aggregator:
                 self._tick_drift_windows()  # windows due by time close even when traffic stopped
             except Exception as exc:
                 self._on_error("drift_window", exc)
+            for hook in self.after_drain:
+                try:
+                    hook()
+                except Exception as exc:
+                    self._on_error("after_drain", exc)
 
     def _process(self, observations: list[Observation]) -> None:
         first = observations[0]

@@ -89,6 +89,7 @@ class Observation:
     _table_max_rows: int | None  # inputs read as a table: an evenly spaced sample of larger batches
     output: Any = None  # the return value; None when the call raised
     elapsed_ns = 0  # how long the call took
+    end_ns = 0  # when it ended, in ns since the epoch
     error_type: str | None = None
     validation: Any = None  # ValidationResult when a baseline was checked (see validate())
     _validated = False

@@ -58,6 +58,7 @@ import numpy as np
 
 from otel_ml import config as config_module
 from otel_ml import semconv
+from otel_ml.aggregator import QUEUE_LIMIT
 from otel_ml.metrics import GaugeState
 from otel_ml.observation import PREDICTING_OPERATIONS, PROBABILITY_OPERATIONS, Observation, read_predictions
 from otel_ml.records import RecordEmitter, parse_prediction_id
@@ -97,8 +98,9 @@ class Prediction:
         self.state, self.prediction_id, self.n_rows = state, prediction_id, n_rows
         self.outputs = outputs  # (operation, output) of each call
         self.operation = outputs[0][0]
-        self.time_ns = time_ns or time.time_ns()
-        self.monotonic = time.monotonic()
+        now_ns = time.time_ns()
+        self.time_ns = time_ns or now_ns
+        self.monotonic = time.monotonic() - max(0, now_ns - self.time_ns) / 1e9  # its age counts from time_ns
         self._readout: Readout | None = None
         self._joined: bytearray | None = None
 
@@ -114,7 +116,7 @@ class Prediction:
                 outputs.append((obs.operation, obs.output))
             else:
                 others.append(obs)
-        return cls(first.model, first.prediction_id, first.n_rows, outputs), others
+        return cls(first.model, first.prediction_id, first.n_rows, outputs, first.end_ns), others
 
     def row_id(self, row: int) -> str:
         return f"{self.prediction_id}-{row}"
@@ -162,8 +164,7 @@ class Prediction:
 class PendingPredictions:
     """Recent predictions by id, at most ``max_rows`` rows no older than ``max_age`` seconds (oldest go first).
 
-    ``add`` (the request path) only appends to a queue; the queue is moved into the bounded, ordered store
-    when an outcome looks something up, or every ``DRAIN_ROWS`` rows, so memory stays bounded.
+    Filled off the request path (see :meth:`OutcomeTracker.defer`), read by outcome lookups.
 
     >>> pending = PendingPredictions(max_rows=3, max_age=60)
     >>> for i in range(3):
@@ -172,45 +173,35 @@ class PendingPredictions:
     (1, True)
     """
 
-    DRAIN_ROWS = 1024  # rows queued before the request path moves them into the store itself
-
     def __init__(self, max_rows: int, max_age: float) -> None:
         self.max_rows, self.max_age = max_rows, max_age
         self._items: collections.OrderedDict[str, Any] = collections.OrderedDict()
         self._rows = 0
-        self._incoming: collections.deque[Any] = collections.deque()
-        self._incoming_rows = 0
         self._lock = threading.Lock()
 
     def __len__(self) -> int:
         with self._lock:
-            self._drain(time.monotonic())
+            self._evict(time.monotonic())
             return len(self._items)
 
     @property
     def rows(self) -> int:
         with self._lock:
-            self._drain(time.monotonic())
+            self._evict(time.monotonic())
             return self._rows
 
     def add(self, prediction: Any) -> bool:
         n_rows = prediction.n_rows
         if n_rows > self.max_rows or n_rows <= 0:
             return False
-        self._incoming.append(prediction)  # atomic; no lock on the request path
-        self._incoming_rows += n_rows
-        if self._incoming_rows >= self.DRAIN_ROWS:
-            with self._lock:
-                self._drain(time.monotonic())
+        with self._lock:
+            self._items[prediction.prediction_id] = prediction
+            self._rows += n_rows
+            self._evict(time.monotonic())
         return True
 
-    def _drain(self, now: float) -> None:
-        incoming, items = self._incoming, self._items
-        self._incoming_rows = 0
-        while incoming:
-            prediction = incoming.popleft()
-            items[prediction.prediction_id] = prediction
-            self._rows += prediction.n_rows
+    def _evict(self, now: float) -> None:
+        items = self._items
         oldest_allowed = now - self.max_age
         while items:
             oldest = next(iter(items.values()))
@@ -221,13 +212,11 @@ class PendingPredictions:
 
     def find(self, prefix: str) -> Any:
         with self._lock:
-            self._drain(time.monotonic())
+            self._evict(time.monotonic())
             return self._items.get(prefix)
 
     def clear(self) -> None:
         with self._lock:
-            self._incoming.clear()
-            self._incoming_rows = 0
             self._items.clear()
             self._rows = 0
 
@@ -428,14 +417,16 @@ class OutcomeTracker:
         self._windows: dict[tuple, PerformanceWindow] = {}
         self._models: dict[tuple, Any] = {}  # metric key -> latest ModelState that predicted
         self._named: set[str] = set()  # names given with outcomes of models that never predicted here
-        self._last_state: Any = None  # the model of the latest prediction: the request path skips _remember
+        self._last_state: Any = None  # the model of the latest prediction (skips _remember)
         self._lock = threading.Lock()
+        self._incoming: collections.deque[Sequence[Observation]] = collections.deque()  # see defer()
+        self._take_lock = threading.Lock()
 
     @property
     def telemetry(self) -> Any:
         return self._telemetry() if self._telemetry is not None else None
 
-    # -- predictions (request thread) ------------------------------------------------------------------
+    # -- predictions ------------------------------------------------------------------------------------
     def on_observation(self, obs: Observation) -> None:
         """Telemetry listener: each outermost model call, in the caller's thread."""
         if obs.error_type is not None or obs.operation not in PREDICTING_OPERATIONS or obs.n_rows <= 0:
@@ -444,7 +435,29 @@ class OutcomeTracker:
         if collecting is not None:
             collecting.append(obs)
             return
-        self.on_prediction((obs,))
+        self.defer((obs,))
+
+    def defer(self, observations: Sequence[Observation]) -> None:
+        """The request path's part: queue the calls that answered one request (a ``deque.append``).
+        :meth:`take_predictions` makes them pending predictions and records, on the aggregator thread
+        after each drain (within ``OTEL_BSP_SCHEDULE_DELAY``), or first thing when an outcome finds no
+        prediction. Past ``QUEUE_LIMIT`` queued requests (the aggregator thread is stuck) they are not kept."""
+        if observations and len(self._incoming) < QUEUE_LIMIT:
+            self._incoming.append(observations)
+
+    def take_predictions(self) -> None:
+        """Turn the deferred calls into pending predictions (and their sampled prediction records)."""
+        incoming = self._incoming
+        if not incoming:
+            return
+        with self._take_lock:  # an outcome lookup waits for predictions another thread is taking
+            while incoming:
+                try:
+                    self.on_prediction(incoming.popleft())
+                except IndexError:
+                    break
+                except Exception as exc:
+                    self._internal_error("outcomes", exc)
 
     def on_prediction(self, observations: Sequence[Observation]) -> Prediction | None:
         """Remember a prediction for joins and emit its sampled records; other models' calls separately."""
@@ -479,6 +492,9 @@ class OutcomeTracker:
         if telemetry is not None:
             telemetry._ensure_started()  # a forked worker resets the metric store before anything is counted
         prediction = self.pending.find(parsed.prefix)
+        if prediction is None and self._incoming:  # made moments ago, maybe not taken yet
+            self.take_predictions()
+            prediction = self.pending.find(parsed.prefix)
         joined = (prediction is not None and parsed.row < prediction.n_rows and prediction.mark_joined(parsed.row))
         state = prediction.state if prediction is not None else self._state_for(model)
         # a model named by the caller that never predicted here (a labelling job): its name is all we know,
@@ -563,6 +579,8 @@ class OutcomeTracker:
 
     def reset(self) -> None:
         """Forget everything (a forked child starts empty)."""
+        self._incoming = collections.deque()
+        self._take_lock = threading.Lock()
         self.pending.clear()
         self._lock = threading.Lock()
         self._windows = {}
@@ -601,6 +619,7 @@ def tracker(telemetry: Any = None, logger_provider: Any = None) -> OutcomeTracke
         if found is None:
             found = _trackers[telemetry] = OutcomeTracker(telemetry, logger_provider or _logger_provider)
             telemetry.listeners.append(found.on_observation)
+            telemetry.aggregator.after_drain.append(found.take_predictions)
         elif logger_provider is not None:
             found.records = RecordEmitter(found.config, logger_provider)
         return found
@@ -613,6 +632,8 @@ def detach(telemetry: Any) -> None:
         _standalone.clear()
     if found is not None and found.on_observation in telemetry.listeners:
         telemetry.listeners.remove(found.on_observation)
+    if found is not None and found.take_predictions in telemetry.aggregator.after_drain:
+        telemetry.aggregator.after_drain.remove(found.take_predictions)
 
 
 def record_outcome(prediction_id: str, actual: Any, *, model: Any = None, timestamp_ns: int | None = None) -> bool:

@@ -102,8 +102,6 @@ class Call(Observation):
     def call(self) -> Call:  # the outermost call, as for a Step
         return self
 
-    end_ns = 0  # when a call with a span ended, in ns since the epoch (read when it ended; no clock for others)
-
     @property
     def start_ns(self) -> int:
         """When the call started, in ns since the epoch (its span's start)."""
@@ -361,10 +359,9 @@ class Telemetry:
                 call.output = output
             else:
                 call.error_type, call.exception = error_type(exc), exc
-            if call.unsampled_parent is None:  # a call with a span
-                call.end_ns = time.time_ns()
-                if not call.span_pending:  # no SDK tracer: the spans now
-                    self._write_spans_of(call, self.tracer)
+            call.end_ns = time.time_ns()
+            if call.unsampled_parent is None and not call.span_pending:  # a span, and no SDK tracer: now
+                self._write_spans_of(call, self.tracer)
             for listener in self.listeners:
                 try:
                     listener(call)

@@ -221,11 +221,13 @@ def test_pending_predictions_are_bounded_by_rows(tracked, binary):
     for i in range(6):
         model.predict_proba(X.iloc[2 * i:2 * i + 2])  # 6 predictions of 2 rows: the first one is evicted
     tracker = outcomes.tracker(inst.telemetry)
+    tracker.take_predictions()  # what the aggregator thread does after its next drain
     assert tracker.pending.rows == 10 and len(tracker.pending) == 5
     first, last = inst.roots()[0], inst.roots()[-1]
     assert not otel_ml.record_outcome(f"{prefix_of(first)}-0", 1)
     assert otel_ml.record_outcome(f"{prefix_of(last)}-1", 1)
     model.predict_proba(X.iloc[:11])  # larger than the whole store: not kept
+    tracker.take_predictions()
     assert tracker.pending.rows == 10
 
 
@@ -274,7 +276,9 @@ def _child_pending_rows(conn) -> None:
 def test_a_forked_child_starts_with_no_pending_predictions(instrumented, binary):
     model, X, _ = binary
     model.predict_proba(X.iloc[:3])
-    assert outcomes.tracker(instrumented.telemetry).pending.rows == 3
+    tracker = outcomes.tracker(instrumented.telemetry)
+    tracker.take_predictions()
+    assert tracker.pending.rows == 3
     ctx = multiprocessing.get_context("fork")
     parent, child = ctx.Pipe()
     process = ctx.Process(target=_child_pending_rows, args=(child,))

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import re
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -46,12 +48,14 @@ def recorded(make):
         provider = LoggerProvider()
         provider.add_log_record_processor(SimpleLogRecordProcessor(logs))
         outcomes.tracker(inst.telemetry, logger_provider=provider)
+        logs.flush_telemetry = inst.telemetry.flush  # prediction records are emitted off the request path
         return inst, logs
 
     return factory
 
 
 def records(logs, kind: str) -> list:
+    getattr(logs, "flush_telemetry", lambda: None)()
     return [r.log_record for r in logs.get_finished_logs() if r.log_record.attributes[semconv.RECORD_KIND] == kind]
 
 
@@ -85,6 +89,29 @@ def test_no_records_by_default(recorded, model):
     inst, logs = recorded()
     fitted.predict_proba(X.iloc[:50])
     assert records(logs, "prediction") == []
+
+
+def test_prediction_records_are_emitted_off_the_caller_thread(make, model):
+    # the caller only queues its calls; otel-ml's aggregator thread emits the records after its next drain
+    fitted, X = model
+    inst = make(prediction_records_rate=1.0)
+    threads: list[str] = []
+
+    class Capture(SimpleLogRecordProcessor):
+        def on_emit(self, log_data):
+            threads.append(threading.current_thread().name)
+            super().on_emit(log_data)
+
+    logs = InMemoryLogRecordExporter()
+    provider = LoggerProvider()
+    provider.add_log_record_processor(Capture(logs))
+    outcomes.tracker(inst.telemetry, logger_provider=provider)
+    fitted.predict_proba(X.iloc[:3])
+    inst.telemetry.aggregator._wake.set()  # as 256 calls or OTEL_BSP_SCHEDULE_DELAY would
+    deadline = time.monotonic() + 10
+    while len(threads) < 3 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert threads == ["otel-ml-aggregator"] * 3
 
 
 def test_sampling_rate(recorded, model):

@@ -137,10 +137,7 @@ class _RequestHandler:
         except BaseException:
             outcomes.COLLECTING.reset(token)
             if collected:
-                try:
-                    tracker.on_prediction(collected)
-                except Exception as exc:
-                    telemetry.internal_error("flask", exc)
+                tracker.defer(collected)
             raise
         outcomes.COLLECTING.reset(token)
         try:
@@ -157,7 +154,7 @@ class _RequestHandler:
         rule = url_rule.rule if url_rule is not None else None
         state = None
         if collected:
-            tracker.on_prediction(collected)
+            tracker.defer(collected)
             first = collected[0]  # the first call answers for the request: its ids are the prediction's
             state = first.model
             if rule is not None and self.route_states.get(rule) is not state:
