@@ -11,6 +11,11 @@ credit-risk pipeline on a pandas row). Each request goes through the app's WSGI 
 request parsing, Flask's dispatch, ``opentelemetry-instrumentation-flask``'s server span, the JSON
 response), called directly with a prepared environ.
 
+Variants: ``flask`` (``opentelemetry-instrumentation-flask`` alone: the reference), ``flask_sklearn``
+(+ otel-ml's scikit-learn instrumentor), ``otel_ml`` (+ otel-ml's Flask layer, default settings), and
+what returning the prediction ids costs: ``otel_ml_no_id_field`` (``OTEL_ML_PREDICTION_ID_FIELD=none``)
+and ``otel_ml_no_ids`` (the header off too).
+
 In a round every variant answers one block of ``--block`` requests, in an order shuffled from round to
 round (seeded); otel-ml is instrumented and uninstrumented around its blocks. Figures: the median over
 rounds of (the variant's median request time in the round - the Flask instrumentation's), and the
@@ -44,7 +49,12 @@ from otel_ml import config  # noqa: E402
 from otel_ml.instrumentation.flask import FlaskMLInstrumentor  # noqa: E402
 from otel_ml.instrumentation.sklearn import SklearnInstrumentor  # noqa: E402
 
-VARIANTS = ("flask", "flask_sklearn", "otel_ml")
+VARIANTS = ("flask", "flask_sklearn", "otel_ml", "otel_ml_no_id_field", "otel_ml_no_ids")
+FLASK_ML = {  # variant -> otel-ml settings of its Flask layer (the last two: what returning the ids costs)
+    "otel_ml": {},
+    "otel_ml_no_id_field": {"OTEL_ML_PREDICTION_ID_FIELD": "none"},
+    "otel_ml_no_ids": {"OTEL_ML_PREDICTION_ID_FIELD": "none", "OTEL_ML_PREDICTION_ID_HEADER": "none"},
+}
 
 
 def load_app(scenario: dict) -> object:
@@ -89,14 +99,15 @@ class Bench:
         trace.set_tracer_provider(self.provider)
         FlaskInstrumentor().instrument(tracer_provider=self.provider)  # before the apps are made
         self.sklearn, self.flask_ml = SklearnInstrumentor(), FlaskMLInstrumentor()
-        self.config = config.load({})
+        self.configs = {variant: config.load(settings) for variant, settings in FLASK_ML.items()}
+        self.config = self.configs["otel_ml"]
 
     def block(self, variant: str, request, calls: int) -> tuple[float, float, float]:
         if variant != "flask":
             self.sklearn.instrument(tracer_provider=self.provider, metric_exporter=DiscardMetrics(),
                                     config=self.config, export_interval=5)
-        if variant == "otel_ml":
-            self.flask_ml.instrument(config=self.config)
+        if variant in FLASK_ML:
+            self.flask_ml.instrument(config=self.configs[variant])
         telemetry = self.sklearn.telemetry if variant != "flask" else None
 
         def finish() -> None:  # what the block's requests left to otel-ml's aggregator and the span processor
@@ -110,19 +121,19 @@ class Bench:
             finish()
             return _time_block(request, None, calls, finish)
         finally:
-            if variant == "otel_ml":
+            if variant in FLASK_ML:
                 self.flask_ml.uninstrument()
             if variant != "flask":
                 self.sklearn.uninstrument()
 
-    def scenario(self, name: str, request, rounds: int, block: int) -> dict:
+    def scenario(self, name: str, request, rounds: int, block: int, variants: list[str]) -> dict:
         order = random.Random(name)
-        measured: dict[str, list[tuple[float, float, float]]] = {v: [] for v in VARIANTS}
+        measured: dict[str, list[tuple[float, float, float]]] = {v: [] for v in variants}
         for _ in range(rounds):
-            for variant in order.sample(VARIANTS, len(VARIANTS)):
+            for variant in order.sample(variants, len(variants)):
                 measured[variant].append(self.block(variant, request, block))
         result = {}
-        for v in VARIANTS:
+        for v in variants:
             result[v] = {
                 "median_us": round(statistics.median(m[0] for m in measured[v]), 1),
                 "vs_flask_us": round(statistics.median(a[0] - b[0] for a, b in zip(measured[v], measured["flask"])), 1),
@@ -138,11 +149,12 @@ def summarize(results: dict) -> str:
              f"(WSGI callable); medians over rounds, µs per request"]
     for name, scenario in results["scenarios"].items():
         lines.append(f"{name}: {scenario['model']}")
-        lines.append(f"    {'variant':<14} {'latency':>9} {'vs flask':>9} {'CPU':>9} {'CPU vs flask':>13}")
-        for v in VARIANTS:
-            x = scenario["variants"][v]
-            lines.append(f"    {v:<14} {x['median_us']:9.1f} {x['vs_flask_us']:+9.1f} {x['cpu_us']:9.1f} "
+        lines.append(f"    {'variant':<20} {'latency':>9} {'vs flask':>9} {'CPU':>9} {'CPU vs flask':>13}")
+        for v, x in scenario["variants"].items():
+            lines.append(f"    {v:<20} {x['median_us']:9.1f} {x['vs_flask_us']:+9.1f} {x['cpu_us']:9.1f} "
                          f"{x['cpu_vs_flask_us']:+13.1f}")
+        if "otel_ml" not in scenario["variants"]:
+            continue
         over = scenario["variants"]["otel_ml"]["vs_flask_us"]
         lines.append(f"    otel-ml over the Flask instrumentation: {over:+.1f} µs per request in process "
                      f"(the issue's target, {TARGET_US:.0f} µs, is judged over HTTP by bench_flask.py)")
@@ -154,8 +166,13 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--rounds", type=int, default=30)
     parser.add_argument("--block", type=int, default=100, help="requests per variant in a round")
     parser.add_argument("--scenarios", default="small,credit")
+    parser.add_argument("--variants", default=",".join(VARIANTS), help="flask (the reference) and any of "
+                        + ", ".join(VARIANTS[1:]))
     parser.add_argument("--json", type=Path, default=Path(__file__).parent / "results" / "flask_wsgi.json")
     args = parser.parse_args(argv)
+    variants = args.variants.split(",")
+    if "flask" not in variants or not set(variants) <= set(VARIANTS):
+        parser.error(f"--variants: flask and any of {', '.join(VARIANTS[1:])}")
     bench = Bench()
     results = {"rounds": args.rounds, "block": args.block, "scenarios": {}}
     with tempfile.TemporaryDirectory() as tmp:
@@ -164,7 +181,8 @@ def main(argv: list[str] | None = None) -> dict:
             scenario = scenarios[name]
             request = requester(load_app(scenario), Path(scenario["body"]).read_bytes())
             results["scenarios"][name] = {"model": scenario["model"],
-                                          "variants": bench.scenario(name, request, args.rounds, args.block)}
+                                          "variants": bench.scenario(name, request, args.rounds, args.block,
+                                                                                variants)}
             print(f"{name} done", file=sys.stderr)
     results["environment"] = {"load_average": os.getloadavg(), "cpus": os.cpu_count()}
     results["summary"] = summarize(results)
