@@ -41,6 +41,12 @@ Scenarios (the model the service calls for each request):
   span per pipeline step.
 
 Target: ``otel_ml`` adds at most 50 µs per single-row request over ``flask``, in each regime.
+
+``--otel-env KEY=VALUE`` runs every instrumented variant with a setting, to measure the overhead under
+it: ``OTEL_TRACES_SAMPLER=parentbased_traceidratio`` with ``OTEL_TRACES_SAMPLER_ARG=0.1`` (head sampling),
+or ``OTEL_BSP_SCHEDULE_DELAY=600000`` with ``OTEL_BSP_MAX_QUEUE_SIZE`` and
+``OTEL_BSP_MAX_EXPORT_BATCH_SIZE`` of ``200000`` (no span export while measuring: what the export's work
+on the server's other threads does to latency). Write those runs elsewhere with ``--json``.
 """
 
 from __future__ import annotations
@@ -200,7 +206,8 @@ def prepare(work: Path) -> dict[str, dict]:
     }
 
 
-def start_server(variant: str, scenario: dict, work: Path, sink_port: int) -> tuple[subprocess.Popen, int]:
+def start_server(variant: str, scenario: dict, work: Path, sink_port: int,
+                 otel_env: dict[str, str] | None = None) -> tuple[subprocess.Popen, int]:
     port = _free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
     env.update({k: v for k, v in scenario.items() if k.startswith("BENCH_")})
@@ -213,6 +220,7 @@ def start_server(variant: str, scenario: dict, work: Path, sink_port: int) -> tu
             "OTEL_LOGS_EXPORTER": "otlp", "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
             "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{sink_port}",
             "OTEL_PYTHON_DISABLED_INSTRUMENTATIONS": DISABLED[variant],
+            **(otel_env or {}),
         })
         command = [_executable("opentelemetry-instrument"), *command]
     server = subprocess.Popen(command, cwd=work, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -228,13 +236,13 @@ def start_server(variant: str, scenario: dict, work: Path, sink_port: int) -> tu
 
 
 def run_once(scenario: dict, work: Path, sink_port: int, warmup: int, rounds: int,
-             blocks: list[int]) -> dict[int, dict[str, dict]]:
+             blocks: list[int], otel_env: dict[str, str] | None = None) -> dict[int, dict[str, dict]]:
     """Fresh servers for every variant, a warm-up, then ``rounds`` interleaved requests per variant in each
     regime (block size)."""
     servers = {}
     try:
         for variant in VARIANTS:
-            servers[variant] = start_server(variant, scenario, work, sink_port)
+            servers[variant] = start_server(variant, scenario, work, sink_port, otel_env)
         ports = ",".join(str(servers[v][1]) for v in VARIANTS)
         command = [sys.executable, __file__, "--client", ports, scenario["body"]]
         subprocess.run([*command, str(warmup), "1"], capture_output=True, check=True, timeout=900)
@@ -296,8 +304,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--blocks", default=",".join(map(str, REGIMES)),
                         help="regimes: requests sent to one server before the next (50: steady load, 1: cold)")
     parser.add_argument("--scenarios", default="small,credit")
+    parser.add_argument("--otel-env", action="append", default=[], metavar="KEY=VALUE",
+                        help="a setting for every instrumented variant, e.g. OTEL_TRACES_SAMPLER_ARG=0.1 (repeatable)")
     parser.add_argument("--json", type=Path, default=ROOT / "benchmarks" / "results" / "flask.json")
     args = parser.parse_args(argv)
+    otel_env = dict(setting.split("=", 1) for setting in args.otel_env)
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         scenarios = prepare(work)
@@ -308,11 +319,13 @@ def main(argv: list[str] | None = None) -> None:
                 time.sleep(0.05)
             sink_port = int(port_file.read_text())
             blocks = [int(b) for b in args.blocks.split(",")]
-            results = {"runs": args.runs, "rounds": args.rounds, "warmup": args.warmup, "scenarios": {}}
+            results = {"runs": args.runs, "rounds": args.rounds, "warmup": args.warmup, "otel_env": otel_env,
+                       "scenarios": {}}
             for name in args.scenarios.split(","):
                 runs = []
                 for r in range(args.runs):
-                    runs.append(run_once(scenarios[name], work, sink_port, args.warmup, args.rounds, blocks))
+                    runs.append(run_once(scenarios[name], work, sink_port, args.warmup, args.rounds, blocks,
+                                         otel_env))
                     for block in blocks:
                         print(f"{name} run {r + 1}/{args.runs}, blocks of {block}: " + ", ".join(
                             f"{v} {statistics.median(runs[-1][block][v]['latencies']):.0f}" for v in VARIANTS)
@@ -352,7 +365,9 @@ def report(results: dict) -> str:
         f"{', '.join(f'{x:.1f}' for x in env['load_average'])}. Python {env['python']}, Flask {env['flask']}, "
         f"gunicorn {env['gunicorn']}, scikit-learn {env['scikit-learn']}, OpenTelemetry SDK "
         f"{env['opentelemetry-sdk']}, opentelemetry-instrumentation-flask "
-        f"{env['opentelemetry-instrumentation-flask']}; {env['server']}.",
+        f"{env['opentelemetry-instrumentation-flask']}; {env['server']}."
+        + (f" Every instrumented variant ran with {', '.join(f'`{k}={v}`' for k, v in results['otel_env'].items())}."
+           if results.get("otel_env") else ""),
         "",
         "```",
         results["summary"],
