@@ -308,6 +308,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="a setting for every instrumented variant, e.g. OTEL_TRACES_SAMPLER_ARG=0.1 (repeatable)")
     parser.add_argument("--json", type=Path, default=ROOT / "benchmarks" / "results" / "flask.json")
     args = parser.parse_args(argv)
+    if any("=" not in setting for setting in args.otel_env):
+        parser.error("--otel-env takes KEY=VALUE, e.g. OTEL_TRACES_SAMPLER_ARG=0.1")
     otel_env = dict(setting.split("=", 1) for setting in args.otel_env)
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
