@@ -46,7 +46,10 @@ Target: ``otel_ml`` adds at most 50 µs per single-row request over ``flask``, i
 it: ``OTEL_TRACES_SAMPLER=parentbased_traceidratio`` with ``OTEL_TRACES_SAMPLER_ARG=0.1`` (head sampling),
 or ``OTEL_BSP_SCHEDULE_DELAY=600000`` with ``OTEL_BSP_MAX_QUEUE_SIZE`` and
 ``OTEL_BSP_MAX_EXPORT_BATCH_SIZE`` of ``200000`` (no span export while measuring: what the export's work
-on the server's other threads does to latency). Write those runs elsewhere with ``--json``.
+on the server's other threads does to latency). ``--no-background`` goes further: no span export, no
+metric export and no wake of otel-ml's aggregator thread while measuring (the spans, counts and drift
+of the run wait in their queues), so that what remains over ``flask`` is the request path alone. Write
+those runs elsewhere with ``--json``.
 """
 
 from __future__ import annotations
@@ -72,10 +75,16 @@ VARIANTS = ("plain", "flask", "flask_sklearn", "otel_ml")
 DISABLED = {"flask": "sklearn_ml,flask_ml", "flask_sklearn": "flask_ml", "otel_ml": ""}
 TARGET_US = 50.0
 REGIMES = {50: "steady load", 1: "cold caches"}  # block size -> name
+NO_BACKGROUND = {  # --no-background: every instrumented variant's background threads idle through a run
+    "OTEL_BSP_SCHEDULE_DELAY": "600000", "OTEL_BSP_MAX_QUEUE_SIZE": "200000",
+    "OTEL_BSP_MAX_EXPORT_BATCH_SIZE": "200000", "OTEL_METRIC_EXPORT_INTERVAL": "600000",
+    "BENCH_NO_BACKGROUND": "1",
+}
 
 APP = '''
 import os
 import pickle
+import sys
 
 import numpy as np
 import pandas as pd
@@ -87,6 +96,9 @@ COLUMNS = os.environ.get("BENCH_COLUMNS")
 COLUMNS = COLUMNS.split("|") if COLUMNS else None
 NUMERIC = set(os.environ.get("BENCH_NUMERIC", "").split("|"))
 app = Flask(__name__)
+aggregator = sys.modules.get("otel_ml.aggregator")  # loaded by the launcher when otel-ml instruments
+if aggregator is not None and os.environ.get("BENCH_NO_BACKGROUND"):  # the aggregator waits out the run
+    aggregator.WAKE_EVERY = aggregator.WAKE_SPANS = 10**9
 
 
 @app.post("/predict")
@@ -307,10 +319,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--otel-env", action="append", default=[], metavar="KEY=VALUE",
                         help="a setting for every instrumented variant, e.g. OTEL_TRACES_SAMPLER_ARG=0.1 (repeatable)")
     parser.add_argument("--json", type=Path, default=ROOT / "benchmarks" / "results" / "flask.json")
+    parser.add_argument("--no-background", action="store_true",
+                        help="no span export, metric export or aggregator work while measuring: the request path alone")
     args = parser.parse_args(argv)
     if any("=" not in setting for setting in args.otel_env):
         parser.error("--otel-env takes KEY=VALUE, e.g. OTEL_TRACES_SAMPLER_ARG=0.1")
     otel_env = dict(setting.split("=", 1) for setting in args.otel_env)
+    if args.no_background:
+        otel_env = {**NO_BACKGROUND, **otel_env}
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         scenarios = prepare(work)
