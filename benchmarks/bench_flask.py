@@ -29,8 +29,9 @@ sink process that discards everything; spans through the SDK's BatchSpanProcesso
 - ``flask``: only ``opentelemetry-instrumentation-flask`` (otel-ml's instrumentors disabled with
   ``OTEL_PYTHON_DISABLED_INSTRUMENTATIONS``): the reference the target is measured against;
 - ``flask_sklearn``: plus otel-ml's scikit-learn instrumentor (model span, metrics): what the core costs;
-- ``otel_ml``: plus otel-ml's Flask instrumentor (server-span attributes, prediction ids in header and
-  JSON body, outcome bookkeeping): all of otel-ml.
+- ``otel_ml``: plus otel-ml's Flask instrumentor with its defaults (server-span attributes, prediction
+  ids in the response header, outcome bookkeeping): all of otel-ml. ``--otel-env
+  OTEL_ML_PREDICTION_ID_FIELD=prediction_id`` measures the ids in the JSON body too.
 
 Scenarios (the model the service calls for each request):
 

@@ -13,8 +13,8 @@ response), called directly with a prepared environ.
 
 Variants: ``flask`` (``opentelemetry-instrumentation-flask`` alone: the reference), ``flask_sklearn``
 (+ otel-ml's scikit-learn instrumentor), ``otel_ml`` (+ otel-ml's Flask layer, default settings), and
-what returning the prediction ids costs: ``otel_ml_no_id_field`` (``OTEL_ML_PREDICTION_ID_FIELD=none``)
-and ``otel_ml_no_ids`` (the header off too).
+what returning the prediction ids costs: ``otel_ml_id_field`` (the ids in the JSON body too,
+``OTEL_ML_PREDICTION_ID_FIELD=prediction_id``) and ``otel_ml_no_ids`` (the header off too).
 
 In a round every variant answers one block of ``--block`` requests, in an order shuffled from round to
 round (seeded); otel-ml is instrumented and uninstrumented around its blocks. Figures: the median over
@@ -49,11 +49,11 @@ from otel_ml import config  # noqa: E402
 from otel_ml.instrumentation.flask import FlaskMLInstrumentor  # noqa: E402
 from otel_ml.instrumentation.sklearn import SklearnInstrumentor  # noqa: E402
 
-VARIANTS = ("flask", "flask_sklearn", "otel_ml", "otel_ml_no_id_field", "otel_ml_no_ids")
+VARIANTS = ("flask", "flask_sklearn", "otel_ml", "otel_ml_id_field", "otel_ml_no_ids")
 FLASK_ML = {  # variant -> otel-ml settings of its Flask layer (the last two: what returning the ids costs)
     "otel_ml": {},
-    "otel_ml_no_id_field": {"OTEL_ML_PREDICTION_ID_FIELD": "none"},
-    "otel_ml_no_ids": {"OTEL_ML_PREDICTION_ID_FIELD": "none", "OTEL_ML_PREDICTION_ID_HEADER": "none"},
+    "otel_ml_id_field": {"OTEL_ML_PREDICTION_ID_FIELD": "prediction_id"},
+    "otel_ml_no_ids": {"OTEL_ML_PREDICTION_ID_HEADER": "none"},
 }
 
 

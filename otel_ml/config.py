@@ -186,8 +186,9 @@ VARIABLES: tuple[Variable, ...] = (
              "Flask routes (url rules, comma-separated) treated as predict routes even before they call a model."),
     Variable("OTEL_ML_PREDICTION_ID_HEADER", "prediction_id_header", "X-Prediction-Id", _name_or_none,
              "Response header carrying the prediction id(s) of a predict request; 'none' disables it."),
-    Variable("OTEL_ML_PREDICTION_ID_FIELD", "prediction_id_field", "prediction_id", _name_or_none,
-             "JSON field added to JSON-object predict responses with the prediction id(s); 'none' disables it."),
+    Variable("OTEL_ML_PREDICTION_ID_FIELD", "prediction_id_field", DISABLED, _name_or_none,
+             "JSON field (e.g. prediction_id) added to JSON predict responses with the prediction id(s); "
+             "'none' (the default) leaves response bodies as the app made them."),
     Variable("OTEL_ML_PREDICTION_RECORDS_RATE", "prediction_records_rate", 0.0, fraction,
              "Share of predictions emitted as prediction-record log records (0 disables)."),
     Variable("OTEL_ML_OUTCOME_MAX_PENDING", "outcome_max_pending", 100_000, int_at_least(1),
@@ -286,6 +287,8 @@ def markdown() -> str:
         default = var.default
         if isinstance(default, tuple):
             default = ",".join(default) if default else "(empty)"
+        elif default == DISABLED and var.parse is _name_or_none:
+            default = "none"
         lines.append(f"| `{var.env}` | `{'(unset)' if default is None else default}` | {var.doc} |")
     return "\n".join(lines) + "\n"
 

@@ -191,7 +191,7 @@ def test_single_row_request_span_carries_model_and_prediction(service, data, ord
     response = svc.client.post("/predict", json=row(data))
     assert response.status_code == 200
     prediction_id = response.headers["X-Prediction-Id"]
-    assert response.get_json()["prediction_id"] == prediction_id
+    assert set(response.get_json()) == {"probability"}  # the body is the app's: the JSON field is opt-in
     (server,) = svc.server_spans()
     (model_span,) = [s for s in svc.spans() if s.name == "predict_proba credit"]
     assert model_span.parent.span_id == server.context.span_id  # the model span is the request's child
@@ -208,7 +208,7 @@ def test_single_row_request_span_carries_model_and_prediction(service, data, ord
 
 
 def test_batch_ids_in_header_and_json(service, data):
-    svc = service()
+    svc = service(prediction_id_field="prediction_id")
     response = svc.client.post("/predict", json=rows(data, 5))
     ids = response.headers["X-Prediction-Id"].split(",")
     assert len(ids) == 5 and len(set(ids)) == 5
@@ -221,7 +221,7 @@ def test_batch_ids_in_header_and_json(service, data):
 
 
 def test_large_batch_header_is_a_range_and_json_lists_every_id(service, data):
-    svc = service()
+    svc = service(prediction_id_field="prediction_id")
     response = svc.client.post("/predict", json=rows(data, 150))
     header = response.headers["X-Prediction-Id"]
     prefix, span_id, rng = header.split("-")
@@ -231,7 +231,7 @@ def test_large_batch_header_is_a_range_and_json_lists_every_id(service, data):
 
 
 def test_json_list_response_gets_an_id_per_row(service, data):
-    svc = service()
+    svc = service(prediction_id_field="prediction_id")
     response = svc.client.post("/predict_rows", json=rows(data, 3))
     body = response.get_json()
     assert [item["prediction_id"] for item in body] == response.headers["X-Prediction-Id"].split(",")
@@ -239,7 +239,7 @@ def test_json_list_response_gets_an_id_per_row(service, data):
 
 
 def test_non_json_and_streamed_responses_are_untouched(service, data, model):
-    svc = service()
+    svc = service(prediction_id_field="prediction_id")
     text = svc.client.post("/predict_text", json=row(data))
     expected = f"{model.predict_proba(__import__('pandas').DataFrame([row(data)]))[0, 1]:.6f}"
     assert text.data.decode() == expected and text.mimetype == "text/plain"
@@ -251,7 +251,7 @@ def test_non_json_and_streamed_responses_are_untouched(service, data, model):
 
 
 def test_a_field_the_app_already_returns_is_kept(service, data):
-    svc = service()
+    svc = service(prediction_id_field="prediction_id")
     response = svc.client.post("/predict_with_id", json=row(data))
     assert response.get_json() == {"prediction_id": "the app's own"}
     assert "X-Prediction-Id" in response.headers
@@ -372,7 +372,7 @@ def test_model_exceptions_are_not_input_errors(service, data):
 
 # -- feedback -------------------------------------------------------------------------------------------
 def test_feedback_endpoint_joins_outcomes(service, data):
-    svc = service()
+    svc = service(prediction_id_field="prediction_id")
     ids = svc.client.post("/predict", json=rows(data, 4)).get_json()["prediction_id"]
     one = svc.client.post("/feedback", json={"prediction_id": ids[0], "actual": 1})
     assert one.get_json() == {"received": 1, "joined": 1}

@@ -84,6 +84,7 @@ def start_app(service: str, port: int) -> subprocess.Popen:
         "OTEL_METRIC_EXPORT_INTERVAL": "5000",
         "OTEL_ML_MODEL_VERSION": "2024.11", "OTEL_ML_PREDICTION_RECORDS_RATE": "0.2",
         "OTEL_ML_PREDICT_ROUTES": "/predict", "OTEL_ML_DRIFT_WINDOW_ROWS": "200",
+        "OTEL_ML_PREDICTION_ID_FIELD": "prediction_id",  # the ids in the JSON body too (the header always)
         "PORT": str(port),
     })
     log = open(HERE / "demo-app.log", "w")

@@ -31,12 +31,13 @@ What it does, for every Flask app in the process (old or new, instrumented by Fl
   - in the response header ``OTEL_ML_PREDICTION_ID_HEADER`` (default ``X-Prediction-Id``): the id of a
     single row, the comma-separated ids of a batch of up to 100 rows, and for larger batches the range
     ``<trace id>-<span id>-0..<n-1>`` (row *i*'s id is ``<trace id>-<span id>-<i>``);
-  - in JSON responses, under ``OTEL_ML_PREDICTION_ID_FIELD`` (default ``prediction_id``): a string for
-    one row, a list for a batch, added to a top-level JSON object; when the response is a JSON list
-    with one object per row, each object gets its own id. Responses that are not JSON, streamed, sent
-    as files, compressed, carry an ETag, or already have the field are left exactly as they are.
+  - when ``OTEL_ML_PREDICTION_ID_FIELD`` names a field (e.g. ``prediction_id``; off by default, so that
+    a response body is what the app made), in JSON responses: a string for one row, a list for a batch,
+    added to a top-level JSON object; when the response is a JSON list with one object per row, each
+    object gets its own id. Responses that are not JSON, streamed, sent as files, compressed, carry an
+    ETag, or already have the field are left exactly as they are.
 
-  Set either variable to ``none`` to turn it off.
+  Set the header variable to ``none`` to turn the header off.
 * **Rejected requests**: a 4xx response on a predict route counts one ``ml.input.errors`` with the
   model's identity, ``http.route`` and ``error.type``: ``invalid_json`` when the body declared JSON
   but did not parse, else the status code (``400``, ``413``, ``422``...), or the reason the app gave with
@@ -189,10 +190,14 @@ class _RequestHandler:
 
     # -- prediction ids in the response ------------------------------------------------------------------
     def _return_ids(self, response: Any, first: Any, first_id: str) -> None:
-        """The ids in the response header and JSON body, after one pass over the response's headers."""
+        """The ids in the response header and, when a field is set, the JSON body (after one pass over the
+        response's headers: werkzeug finds a header by scanning them all)."""
         headers = response.headers
+        if not self.field:
+            headers.set(self.header, self._header_value(first, first_id))
+            return
         has_header, untouchable, json_body = False, False, False
-        for key, value in headers:  # werkzeug finds or replaces a header by scanning them all: once here
+        for key, value in headers:
             lower = key.lower()
             if lower == "content-type":
                 json_body = value == "application/json" or _is_json(value)  # the first: what jsonify sets
@@ -201,19 +206,19 @@ class _RequestHandler:
             elif lower == self.header_lower:
                 has_header = True
         if self.header:
-            value = first_id if first.n_rows == 1 else self._header_value(first)
+            value = self._header_value(first, first_id)
             if has_header:
                 headers[self.header] = value
             else:
                 headers.add(self.header, value)
-        if self.field and json_body and not untouchable and not response.direct_passthrough:
+        if json_body and not untouchable and not response.direct_passthrough:
             self._add_field(response, first, first_id)
 
     @staticmethod
-    def _header_value(first: Any) -> str:
+    def _header_value(first: Any, first_id: str) -> str:
         n = first.n_rows
         if n == 1:
-            return first.row_id(0)
+            return first_id
         if n <= HEADER_MAX_IDS:
             return ",".join(first.prediction_ids())
         return f"{first.prediction_id}-0..{n - 1}"
@@ -282,7 +287,7 @@ def feedback_view(*, id_field: str | None = None, actual_field: str = "actual", 
     Answers 200 ``{"received": n, "joined": k}`` (``k``: outcomes that met their prediction in this
     process), 400 ``{"error": ...}`` when the body is not that shape or an id is malformed (then nothing
     is recorded), 413 above ``max_outcomes`` items. ``id_field`` defaults to
-    ``OTEL_ML_PREDICTION_ID_FIELD`` (``prediction_id`` when that is ``none``).
+    ``OTEL_ML_PREDICTION_ID_FIELD`` (``prediction_id`` when that is ``none``, its default).
     """
     if id_field is None:
         id_field = config_module.load().prediction_id_field or "prediction_id"

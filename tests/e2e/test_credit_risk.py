@@ -72,7 +72,8 @@ def served(stack, tmp_path_factory):
     service = unique_service("credit-risk")
     port = _free_port()
     env = instrumented_env(service, PORT=str(port), MODEL_PATH=str(work / "credit_risk.pkl"),
-                           OTEL_ML_MODEL_VERSION="e2e", OTEL_ML_PREDICTION_RECORDS_RATE="1")
+                           OTEL_ML_MODEL_VERSION="e2e", OTEL_ML_PREDICTION_RECORDS_RATE="1",
+                           OTEL_ML_PREDICTION_ID_FIELD="prediction_id")
     log = open(work / "app.log", "w")
     app = subprocess.Popen([*launcher(), sys.executable, str(EXAMPLE / "app.py")], env=env, cwd=work,
                            stdout=log, stderr=subprocess.STDOUT)

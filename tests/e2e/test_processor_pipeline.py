@@ -194,6 +194,7 @@ class Fleet:
     def start(self) -> None:
         for port in self.ports:
             env = instrumented_env(self.service, OTEL_ML_MODEL_VERSION=self.version,
+                                   OTEL_ML_PREDICTION_ID_FIELD="prediction_id",
                                    OTEL_ML_PREDICTION_RECORDS_RATE="1", OTEL_BLRP_SCHEDULE_DELAY="200",
                                    REPLICA_MODELS=",".join(MODELS), PORT=str(port))
             log = open(self.workdir / f"replica-{port}.log", "w")
