@@ -71,6 +71,22 @@ def parse_prediction_id(prediction_id: str) -> ParsedId:
     return ParsedId(f"{parts[0]}-{parts[1]}".lower(), int(parts[2]), trace_id, span_id)
 
 
+def ids_of_header(value: str) -> list[str]:
+    """The prediction ids a response's ``X-Prediction-Id`` header names: one id, ids separated by commas,
+    or the range ``<trace id>-<span id>-0..<n-1>`` of a batch larger than 100 rows.
+
+    >>> ids_of_header("4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-0..2")[2]
+    '4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-2'
+    >>> len(ids_of_header("4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-0, 4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-1"))
+    2
+    """
+    prefix, dots, last = value.strip().rpartition("..")
+    if dots:
+        prefix, _, first = prefix.rpartition("-")
+        return [f"{prefix}-{row}" for row in range(int(first), int(last) + 1)]
+    return [part.strip() for part in value.split(",") if part.strip()]
+
+
 def trace_context_of(prediction_id: str) -> SpanContext:
     """The span context (trace link) a prediction id names."""
     parsed = parse_prediction_id(prediction_id)

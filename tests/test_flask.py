@@ -22,6 +22,7 @@ from sklearn.preprocessing import StandardScaler
 
 from otel_ml import outcomes, semconv, set_model_identity
 from otel_ml.instrumentation.flask import FlaskMLInstrumentor, register_feedback, set_input_error_type
+from otel_ml.records import ids_of_header
 
 ID = r"[0-9a-f]{32}-[0-9a-f]{16}-\d+"
 
@@ -212,7 +213,7 @@ def test_batch_ids_in_header_and_json(service, data):
     response = svc.client.post("/predict", json=rows(data, 5))
     ids = response.headers["X-Prediction-Id"].split(",")
     assert len(ids) == 5 and len(set(ids)) == 5
-    assert response.get_json()["prediction_id"] == ids
+    assert response.get_json()["prediction_id"] == ids == ids_of_header(response.headers["X-Prediction-Id"])
     assert [i.rsplit("-", 1)[1] for i in ids] == ["0", "1", "2", "3", "4"]
     (server,) = svc.server_spans()
     assert server.attributes[semconv.INPUT_ROWS] == 5
@@ -228,6 +229,7 @@ def test_large_batch_header_is_a_range_and_json_lists_every_id(service, data):
     assert rng == "0..149"
     ids = response.get_json()["prediction_id"]
     assert ids == [f"{prefix}-{span_id}-{i}" for i in range(150)]
+    assert ids_of_header(header) == ids  # what a client reads when the JSON field is off
 
 
 def test_json_list_response_gets_an_id_per_row(service, data):

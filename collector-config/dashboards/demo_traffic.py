@@ -98,6 +98,7 @@ def make_app(model, n_features: int):
 
 def serve(workdir: Path, seconds: float, drift_features: int, drift_factor: float, seed: int) -> dict:
     import otel_ml
+    from otel_ml.records import ids_of_header
 
     with open(workdir / MODEL_FILE, "rb") as f:  # loaded from a file: name and baseline come from its path
         model = pickle.load(f)
@@ -114,8 +115,7 @@ def serve(workdir: Path, seconds: float, drift_features: int, drift_factor: floa
         assert response.status_code == 200, response.get_data(as_text=True)
         sent["requests"] += 1
         sent["rows"] += len(rows)
-        ids = response.get_json()["prediction_id"]
-        ids = [ids] if isinstance(ids, str) else ids
+        ids = ids_of_header(response.headers["X-Prediction-Id"])
         for pid, i in zip(ids, idx):
             sent["joined"] += bool(otel_ml.record_outcome(pid, actual=int(y[i])))
             sent["outcomes"] += 1
