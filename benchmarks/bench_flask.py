@@ -49,8 +49,10 @@ or ``OTEL_BSP_SCHEDULE_DELAY=600000`` with ``OTEL_BSP_MAX_QUEUE_SIZE`` and
 ``OTEL_BSP_MAX_EXPORT_BATCH_SIZE`` of ``200000`` (no span export while measuring: what the export's work
 on the server's other threads does to latency). ``--no-background`` goes further: no span export, no
 metric export and no wake of otel-ml's aggregator thread while measuring (the spans, counts and drift
-of the run wait in their queues), so that what remains over ``flask`` is the request path alone. Write
-those runs elsewhere with ``--json``.
+of the run wait in their queues), so that what remains over ``flask`` is the request path alone.
+``--otel-env BENCH_WAKE_SPANS=8`` has otel-ml's aggregator thread drain after every 8 calls with spans
+instead of 256 (what holding calls longer costs in garbage collection, against what draining more often
+costs in latency). Write those runs elsewhere with ``--json``.
 """
 
 from __future__ import annotations
@@ -100,6 +102,8 @@ app = Flask(__name__)
 aggregator = sys.modules.get("otel_ml.aggregator")  # loaded by the launcher when otel-ml instruments
 if aggregator is not None and os.environ.get("BENCH_NO_BACKGROUND"):  # the aggregator waits out the run
     aggregator.WAKE_EVERY = aggregator.WAKE_SPANS = 10**9
+if aggregator is not None and os.environ.get("BENCH_WAKE_SPANS"):  # how many calls with spans wake it
+    aggregator.WAKE_SPANS = int(os.environ["BENCH_WAKE_SPANS"])
 
 
 @app.post("/predict")
