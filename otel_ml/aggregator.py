@@ -15,7 +15,10 @@ full the observation (with its span, when this thread would write it, as the SDK
 processor drops spans when its own queue is full) is dropped and counted in
 ``ml.observations.dropped``; so is a call whose input rows would take the queue past
 ``QUEUE_ROW_LIMIT`` (the queue holds the callers' arrays until drained): memory stays bounded whatever
-the traffic.
+the traffic. Holding costs one thing more for inputs made of Python objects: a one-row DataFrame held
+over 256 calls reaches the garbage collector's oldest generation, whose full collections then run
+more often (``benchmarks/bench_flask_gc.py``). Draining sooner costs more latency than that saves
+(BENCHMARKS.md).
 
 Counts are exact: rows, errors, predicted classes, prediction-score buckets and missing values are
 computed over every row of every call. Batches larger than ``OTEL_ML_SUMMARY_MAX_ROWS`` are validated,
