@@ -15,10 +15,10 @@ full the observation (with its span, when this thread would write it, as the SDK
 processor drops spans when its own queue is full) is dropped and counted in
 ``ml.observations.dropped``; so is a call whose input rows would take the queue past
 ``QUEUE_ROW_LIMIT`` (the queue holds the callers' arrays until drained): memory stays bounded whatever
-the traffic. Holding costs one thing more for inputs made of Python objects: a one-row DataFrame held
-over 256 calls reaches the garbage collector's oldest generation, whose full collections then run
-more often (``benchmarks/bench_flask_gc.py``). Draining sooner costs more latency than that saves
-(BENCHMARKS.md).
+the traffic. Holding costs one thing more for inputs made of Python objects: held over 256 calls they
+reach the garbage collector's oldest generation, whose full collections then run more often
+(``benchmarks/bench_flask_gc.py``). Draining sooner costs more latency than that saves (BENCHMARKS.md),
+so a one-row DataFrame is held as a :class:`~otel_ml.frame.RowSnapshot` of its arrays instead.
 
 Counts are exact: rows, errors, predicted classes, prediction-score buckets and missing values are
 computed over every row of every call. Batches larger than ``OTEL_ML_SUMMARY_MAX_ROWS`` are validated,

@@ -189,6 +189,7 @@ class RecordEmitter:
         return len(rows)
 
     def _raw_rows(self, inputs: Any, rows: np.ndarray, state: Any) -> list[str]:
+        inputs = frame.materialize(inputs)
         if hasattr(inputs, "iloc"):
             subset = inputs.iloc[rows]
         elif hasattr(inputs, "tocsr"):

@@ -310,6 +310,8 @@ class Telemetry:
                 inputs = inputs.copy()  # read later, off the request path: a streaming caller may refill its buffer
         else:
             n_rows = frame.n_rows_of(inputs) if inputs is not None else 0
+            if n_rows == 1 and operation not in TRAINING_OPERATIONS:
+                inputs = frame.snapshot(inputs)  # a one-row DataFrame: its arrays, not its ~450 objects
         call = Call(model, state, operation, inputs, n_rows, self.config.summary_max_rows)
         context = context_api.get_current()
         last = self._last_context

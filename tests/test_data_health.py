@@ -290,3 +290,58 @@ def test_a_refilled_row_buffer_is_counted_as_each_call_saw_it(make):
         model.predict_proba(buffer)
     metrics = inst.flush()
     assert metrics.value(semconv.INPUT_MISSING, ml__feature__name="x1") == 1
+
+
+def _one_row_frames():
+    import pandas as pd
+
+    yield "numeric", pd.DataFrame({"a": [1.5], "b": [2], "c": [np.nan]})
+    yield "strings", pd.DataFrame({"a": [1.0], "s": ["car"], "t": [None]}).astype({"s": "string"})
+    yield "object", pd.DataFrame({"s": ["x"], "a": [3.0]}, dtype=object).astype({"a": float})
+    yield "categorical", pd.DataFrame({"c": pd.Categorical(["b"], categories=["a", "b"]), "a": [0.1]})
+    yield "nullable_na", pd.DataFrame({"i": pd.array([pd.NA], dtype="Int64"), "b": pd.array([True], dtype="boolean")})
+    yield "bool", pd.DataFrame({"b": [True], "a": [2.0]})
+    yield "datetime", pd.DataFrame({"d": pd.to_datetime(["2026-12-04"]), "a": [1.0]})
+    yield "duplicate_names", pd.DataFrame([[1.0, "x", 2.0]], columns=["a", "s", "a"])
+    yield "astype_views", pd.DataFrame([["12", "car"]], columns=["n", "p"]).astype({"n": "float64"})
+
+
+@pytest.mark.parametrize("case, df", list(_one_row_frames()), ids=[c for c, _ in _one_row_frames()])
+def test_a_one_row_frame_snapshot_reads_as_the_frame(case, df):
+    """What the aggregator reads from a queued one-row DataFrame's snapshot is what it read from the frame."""
+    from otel_ml import frame
+
+    row = frame.snapshot(df)
+    assert type(row) is frame.RowSnapshot and row.shape == df.shape
+    want, got = frame.as_table(df), frame.as_table(row)
+    assert (got.names, got.kinds, got.numeric_index, got.n_rows) == (want.names, want.kinds, want.numeric_index, 1)
+    np.testing.assert_array_equal(got.numeric, want.numeric)
+    assert {j: [str(v) for v in c] for j, c in got.categorical.items()} == {
+        j: [str(v) for v in c] for j, c in want.categorical.items()}
+    again = frame.materialize(row)
+    assert again.equals(df) and list(again.dtypes) == list(df.dtypes)
+    assert frame.feature_names_of(row) == frame.feature_names_of(df) and frame.n_features_of(row) == df.shape[1]
+
+
+def test_a_snapshot_holds_few_tracked_objects():
+    import gc
+
+    import pandas as pd
+
+    from otel_ml import frame
+
+    def tracked(root) -> int:
+        seen, stack, count = set(), [root], 0
+        while stack:
+            obj = stack.pop()
+            if id(obj) in seen or isinstance(obj, type):
+                continue
+            seen.add(id(obj))
+            count += gc.is_tracked(obj)
+            stack.extend(gc.get_referents(obj))
+        return count
+
+    df = pd.DataFrame([["12", "car", "4", "own"] * 5], columns=[f"c{i}" for i in range(20)])
+    df = df.astype({f"c{i}": "float64" for i in range(0, 20, 2)}).astype({f"c{i}": "string" for i in range(1, 20, 2)})
+    assert tracked(frame.snapshot(df)) * 3 < tracked(df)
+    assert type(frame.snapshot(df.iloc[:0])) is type(frame.snapshot(pd.concat([df, df]))) is pd.DataFrame  # one row only
