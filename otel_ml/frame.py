@@ -172,10 +172,10 @@ class RowSnapshot:
 
 def snapshot(X: Any) -> Any:
     """``X`` as a :class:`RowSnapshot` when it is a one-row pandas DataFrame, else ``X`` itself."""
-    if type(X).__name__ != "DataFrame" or X.shape[0] != 1:
+    if type(X).__name__ != "DataFrame":
         return X
     try:
-        return RowSnapshot(X)
+        return RowSnapshot(X) if X.shape[0] == 1 else X
     except Exception:  # another frame library, or a pandas without block managers: keep the frame
         return X
 
