@@ -345,3 +345,29 @@ def test_a_snapshot_holds_few_tracked_objects():
     df = df.astype({f"c{i}": "float64" for i in range(0, 20, 2)}).astype({f"c{i}": "string" for i in range(1, 20, 2)})
     assert tracked(frame.snapshot(df)) * 3 < tracked(df)
     assert type(frame.snapshot(df.iloc[:0])) is type(frame.snapshot(pd.concat([df, df]))) is pd.DataFrame  # one row only
+
+
+def test_a_one_row_frame_call_is_queued_as_a_snapshot_and_counted_as_the_frame(make):
+    """The model gets the caller's DataFrame and answers as without otel-ml; the queue holds a snapshot,
+    from which the missing values and the span's feature count are what the frame has."""
+    import pandas as pd
+    from sklearn.compose import make_column_transformer
+    from sklearn.impute import SimpleImputer
+    from sklearn.preprocessing import OneHotEncoder
+
+    from otel_ml import frame
+
+    data = pd.DataFrame({"a": X[:, 0], "b": X[:, 1], "s": np.where(Y == 1, "yes", "no")}).astype({"s": "string"})
+    model = make_pipeline(make_column_transformer((SimpleImputer(), ["a", "b"]), (OneHotEncoder(), ["s"])),
+                          LogisticRegression()).fit(data, Y)
+    rows = [data.iloc[[i]].copy() for i in range(3)]
+    rows[0].loc[rows[0].index[0], "b"] = np.nan
+    plain = [model.predict_proba(r) for r in rows]
+    inst = make()
+    got = [model.predict_proba(r) for r in rows]
+    assert all(np.array_equal(p, g) for p, g in zip(plain, got))
+    assert all(type(call.inputs) is frame.RowSnapshot for call in inst.telemetry.aggregator._queue)
+    metrics = inst.flush()
+    assert metrics.value(semconv.INPUT_MISSING, ml__feature__name="b") == 1
+    spans = [s for s in inst.spans.get_finished_spans() if s.parent is None]  # the pipeline calls, not their steps
+    assert len(spans) == 3 and all(s.attributes[semconv.INPUT_FEATURES] == 3 for s in spans)
