@@ -31,6 +31,8 @@ from typing import Any
 import pandas as pd
 import requests
 
+from otel_ml.records import ids_of_header
+
 HERE = Path(__file__).resolve().parent
 BAD_KINDS = ("invalid_json", "missing_field", "mistyped_field", "too_many_rows")
 
@@ -70,9 +72,7 @@ class Traffic:
         if response.status_code != 200:
             return
         payload = response.json()
-        header = response.headers.get("X-Prediction-Id", "")
-        ids = header.split(",") if header and ".." not in header else payload.get("prediction_id", [])
-        ids = [ids] if isinstance(ids, str) else ids
+        ids = ids_of_header(response.headers.get("X-Prediction-Id", ""))
         results = payload["results"] if "results" in payload else [payload]
         self.predictions += len(results)
         for prediction_id, actual, result in zip(ids, actuals, results):  # no ids without otel-ml
