@@ -52,7 +52,11 @@ metric export and no wake of otel-ml's aggregator thread while measuring (the sp
 of the run wait in their queues), so that what remains over ``flask`` is the request path alone.
 ``--otel-env BENCH_WAKE_SPANS=8`` has otel-ml's aggregator thread drain after every 8 calls with spans
 instead of 256 (what holding calls longer costs in garbage collection, against what draining more often
-costs in latency). Write those runs elsewhere with ``--json``.
+costs in latency), and ``--otel-env BENCH_GC_OFF=1`` turns the garbage collector off in every
+instrumented server (attribution only: memory grows). ``--pin`` keeps the servers on the last CPU and the
+load generator and sink on the others: without it the scheduler moves them between this machine's two
+vCPUs, and one run's figure with cold caches moved by up to 80 µs (14 µs pinned, 5 runs each, 12-04).
+Write those runs elsewhere with ``--json``.
 """
 
 from __future__ import annotations
@@ -72,6 +76,7 @@ import tempfile
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 VARIANTS = ("plain", "flask", "flask_sklearn", "otel_ml")
@@ -104,6 +109,9 @@ if aggregator is not None and os.environ.get("BENCH_NO_BACKGROUND"):  # the aggr
     aggregator.WAKE_EVERY = aggregator.WAKE_SPANS = 10**9
 if aggregator is not None and os.environ.get("BENCH_WAKE_SPANS"):  # how many calls with spans wake it
     aggregator.WAKE_SPANS = int(os.environ["BENCH_WAKE_SPANS"])
+if os.environ.get("BENCH_GC_OFF"):  # attribution only: what the garbage collector's share is
+    import gc
+    gc.disable()
 
 
 @app.post("/predict")
@@ -188,6 +196,18 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+CPUS = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+SERVER_CPUS, CLIENT_CPUS = set(CPUS[-1:]), set(CPUS[:-1] or CPUS)  # --pin: servers on the last CPU
+PIN = False  # set by --pin
+
+
+def _pinned(cpus: set[int]) -> Any:
+    """A ``preexec_fn`` keeping a child process on ``cpus`` under ``--pin`` (else None: anywhere)."""
+    if not PIN or not cpus:
+        return None
+    return lambda: os.sched_setaffinity(0, cpus)
+
+
 def _executable(name: str) -> str:
     candidate = Path(sys.executable).with_name(name)
     return str(candidate) if candidate.exists() else name
@@ -240,7 +260,8 @@ def start_server(variant: str, scenario: dict, work: Path, sink_port: int,
             **(otel_env or {}),
         })
         command = [_executable("opentelemetry-instrument"), *command]
-    server = subprocess.Popen(command, cwd=work, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    server = subprocess.Popen(command, cwd=work, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                              preexec_fn=_pinned(SERVER_CPUS))
     deadline = time.monotonic() + 90
     while True:
         try:
@@ -262,12 +283,13 @@ def run_once(scenario: dict, work: Path, sink_port: int, warmup: int, rounds: in
             servers[variant] = start_server(variant, scenario, work, sink_port, otel_env)
         ports = ",".join(str(servers[v][1]) for v in VARIANTS)
         command = [sys.executable, __file__, "--client", ports, scenario["body"]]
-        subprocess.run([*command, str(warmup), "1"], capture_output=True, check=True, timeout=900)
+        subprocess.run([*command, str(warmup), "1"], capture_output=True, check=True, timeout=900,
+                       preexec_fn=_pinned(CLIENT_CPUS))
         measured = {}
         for block in blocks:
             cpu_before = {v: cpu_seconds(servers[v][0].pid) for v in VARIANTS}
             out = subprocess.run([*command, str(rounds), str(block)], capture_output=True, text=True, check=True,
-                                 timeout=1800)
+                                 timeout=1800, preexec_fn=_pinned(CLIENT_CPUS))
             cpu_after = {v: cpu_seconds(servers[v][0].pid) for v in VARIANTS}
             latencies = dict(zip(VARIANTS, json.loads(out.stdout)))
             measured[block] = {v: {"latencies": latencies[v],
@@ -294,11 +316,11 @@ def summarize(results: dict) -> str:
             v = regime["variants"]
             lines.append(f"  {REGIMES.get(int(block), 'blocks')} (blocks of {block} request"
                          f"{'s' if int(block) > 1 else ''} per server)")
-            lines.append(f"    {'variant':<14} {'latency':>9} {'vs flask':>9} {'p90':>9} {'server CPU':>11}")
+            lines.append(f"    {'variant':<14} {'latency':>9} {'vs flask':>9} {'p90':>9} {'p99':>9} {'server CPU':>11}")
             for variant in VARIANTS:
                 x = v[variant]
                 lines.append(f"    {variant:<14} {x['median_us']:9.1f} {x['paired_vs_flask_us']:+9.1f} "
-                             f"{x['p90_us']:9.1f} {x['cpu_us']:11.1f}")
+                             f"{x['p90_us']:9.1f} {x['p99_us']:9.1f} {x['cpu_us']:11.1f}")
             o = regime["overhead_us"]
             met = "met" if o["otel_ml_over_flask"] <= TARGET_US else "NOT met"
             lines.append(f"    otel-ml over Flask instrumentation alone: {o['otel_ml_over_flask']:+.1f} µs latency "
@@ -326,7 +348,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--json", type=Path, default=ROOT / "benchmarks" / "results" / "flask.json")
     parser.add_argument("--no-background", action="store_true",
                         help="no span export, metric export or aggregator work while measuring: the request path alone")
+    parser.add_argument("--pin", action="store_true",
+                        help="servers on the last CPU, load generator and sink on the others (steadier runs)")
     args = parser.parse_args(argv)
+    global PIN
+    PIN = args.pin
     if any("=" not in setting for setting in args.otel_env):
         parser.error("--otel-env takes KEY=VALUE, e.g. OTEL_TRACES_SAMPLER_ARG=0.1")
     otel_env = dict(setting.split("=", 1) for setting in args.otel_env)
@@ -336,14 +362,15 @@ def main(argv: list[str] | None = None) -> None:
         work = Path(tmp)
         scenarios = prepare(work)
         port_file = work / "sink.port"
-        sink_process = subprocess.Popen([sys.executable, __file__, "--sink", str(port_file)])
+        sink_process = subprocess.Popen([sys.executable, __file__, "--sink", str(port_file)],
+                                        preexec_fn=_pinned(CLIENT_CPUS))
         try:
             while not port_file.exists() or not port_file.read_text():
                 time.sleep(0.05)
             sink_port = int(port_file.read_text())
             blocks = [int(b) for b in args.blocks.split(",")]
             results = {"runs": args.runs, "rounds": args.rounds, "warmup": args.warmup, "otel_env": otel_env,
-                       "scenarios": {}}
+                       "pinned": args.pin, "scenarios": {}}
             for name in args.scenarios.split(","):
                 runs = []
                 for r in range(args.runs):
@@ -389,6 +416,8 @@ def report(results: dict) -> str:
         f"gunicorn {env['gunicorn']}, scikit-learn {env['scikit-learn']}, OpenTelemetry SDK "
         f"{env['opentelemetry-sdk']}, opentelemetry-instrumentation-flask "
         f"{env['opentelemetry-instrumentation-flask']}; {env['server']}."
+        + (" Pinned (`--pin`): servers on the last CPU, load generator and sink on the others."
+           if results.get("pinned") else "")
         + (f" Every instrumented variant ran with {', '.join(f'`{k}={v}`' for k, v in results['otel_env'].items())}."
            if results.get("otel_env") else ""),
         "",
@@ -415,6 +444,7 @@ def scenario_result(runs: list[dict]) -> dict:
         variants[v] = {
             "median_us": over_runs([statistics.median(run[v]["latencies"]) for run in runs]),
             "p90_us": over_runs([statistics.quantiles(run[v]["latencies"], n=10)[-1] for run in runs]),
+            "p99_us": over_runs([statistics.quantiles(run[v]["latencies"], n=100)[-1] for run in runs]),
             "paired_vs_flask_us": over_runs([statistics.median(a - b for a, b in zip(run[v]["latencies"],
                                                                                     run["flask"]["latencies"]))
                                              for run in runs]),
