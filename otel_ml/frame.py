@@ -307,8 +307,21 @@ def _from_snapshot(row: RowSnapshot, names: list[str] | None) -> Table:
     names = list(names) if names is not None and len(names) == n_features else [str(c) for c in row.columns.tolist()]
     arrays = row.column_arrays()
     numeric_index, categorical_index, kinds = _plan("".join([array.dtype.kind for array in arrays]))
-    table = _from_row([array[0] for array in arrays], n_features, names, kinds, numeric_index, categorical_index)
+    arrow_strings = _arrow_string_type()  # their first value read from the Arrow data: a sixth of pandas' indexing
+    values = [array._pa_array[0].as_py() if type(array) is arrow_strings else array[0] for array in arrays]
+    table = _from_row(values, n_features, names, kinds, numeric_index, categorical_index)
     return table if table is not None else _from_dataframe(row.frame(), names, None)
+
+
+_ARROW_STRINGS: list[type | None] = []
+
+
+def _arrow_string_type() -> type | None:
+    """pandas' ``ArrowStringArray`` (looked up once; None without it)."""
+    if not _ARROW_STRINGS:
+        arrays = getattr(sys.modules.get("pandas"), "arrays", None)
+        _ARROW_STRINGS.append(getattr(arrays, "ArrowStringArray", None))
+    return _ARROW_STRINGS[0]
 
 
 def _from_row(values: list, n_features: int, names: list[str], kinds: list[str], numeric_index: list[int],
