@@ -313,15 +313,10 @@ def _from_snapshot(row: RowSnapshot, names: list[str] | None) -> Table:
     return table if table is not None else _from_dataframe(row.frame(), names, None)
 
 
-_ARROW_STRINGS: list[type | None] = []
-
-
+@functools.cache
 def _arrow_string_type() -> type | None:
-    """pandas' ``ArrowStringArray`` (looked up once; None without it)."""
-    if not _ARROW_STRINGS:
-        arrays = getattr(sys.modules.get("pandas"), "arrays", None)
-        _ARROW_STRINGS.append(getattr(arrays, "ArrowStringArray", None))
-    return _ARROW_STRINGS[0]
+    """pandas' ``ArrowStringArray`` (looked up once, when a snapshot is first read; None without it)."""
+    return getattr(getattr(sys.modules.get("pandas"), "arrays", None), "ArrowStringArray", None)
 
 
 def _from_row(values: list, n_features: int, names: list[str], kinds: list[str], numeric_index: list[int],

@@ -304,6 +304,9 @@ def _one_row_frames():
     yield "datetime", pd.DataFrame({"d": pd.to_datetime(["2026-12-04"]), "a": [1.0]})
     yield "duplicate_names", pd.DataFrame([[1.0, "x", 2.0]], columns=["a", "s", "a"])
     yield "astype_views", pd.DataFrame([["12", "car"]], columns=["n", "p"]).astype({"n": "float64"})
+    # Arrow-backed strings, missing: read from the Arrow data (None), as pandas reads them (NaN, pd.NA)
+    yield "missing_str", pd.DataFrame({"s": pd.array([None], dtype="str"), "a": [1.0]})
+    yield "missing_string", pd.DataFrame({"s": pd.array([None], dtype="string"), "t": ["car"]}).astype({"t": "string"})
 
 
 @pytest.mark.parametrize("case, df", list(_one_row_frames()), ids=[c for c, _ in _one_row_frames()])
