@@ -54,7 +54,8 @@ of the run wait in their queues), so that what remains over ``flask`` is the req
 instead of 256 (what holding calls longer costs in garbage collection, against what draining more often
 costs in latency), and ``--otel-env BENCH_GC_OFF=1`` turns the garbage collector off in every
 instrumented server (attribution only: memory grows), and ``--otel-env BENCH_SWITCH_INTERVAL=0.001``
-sets the interpreter's switch interval (``sys.setswitchinterval``; 5 ms by default) in each of them. ``--pin`` keeps the servers on the last CPU and the
+sets the interpreter's switch interval (``sys.setswitchinterval``; 5 ms by default) in each of them.
+``--pin`` keeps the servers on the last CPU and the
 load generator and sink on the others: without it the scheduler moves them between this machine's two
 vCPUs, and one run's figure with cold caches moved by up to 80 µs (14 µs pinned, 5 runs each, 12-04).
 Write those runs elsewhere with ``--json``.

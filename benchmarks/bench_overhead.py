@@ -37,9 +37,9 @@ variant; metrics are exported by otel-ml's export loop (every 5 s) to an exporte
 from __future__ import annotations
 
 import argparse
-import random
 import json
 import platform
+import random
 import statistics
 import sys
 import time

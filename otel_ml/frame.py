@@ -131,9 +131,11 @@ class RowSnapshot:
     DataFrame is some 450 objects the garbage collector tracks (blocks, Arrow-backed string arrays,
     pandas' copy-on-write references); held that long they reach its oldest generation, whose full
     collections then run several times as often (``benchmarks/bench_flask_gc.py``). The snapshot keeps
-    the column arrays and the column index only (the credit-risk example's row: 54 objects against the
-    frame's 454), taken in 2 µs, nothing copied. It has the frame's ``shape`` and ``columns``;
-    :func:`as_table` reads it as it reads the frame.
+    the column arrays and the column names only, taken in 2 µs, nothing copied. A column of pandas'
+    default string dtype (``str``: Arrow data, NaN for missing) is held as its Arrow data alone, and so
+    are the column names when they are such strings: pandas makes a new array and a new dtype object for
+    each (the credit-risk example's row: 18 tracked objects, against 54 holding the arrays). It has the
+    frame's ``shape`` and ``columns``; :func:`as_table` reads it as it reads the frame.
 
     >>> import pandas as pd
     >>> row = pd.DataFrame({"age": [41.0], "purpose": ["car"]})
@@ -142,32 +144,63 @@ class RowSnapshot:
     (['age', 'purpose'], ['numeric', 'categorical'], [[41.0]], ['car'])
     """
 
-    __slots__ = ("shape", "columns", "_positions", "_values")
+    __slots__ = ("shape", "_columns", "_positions", "_values")
 
     def __init__(self, df: Any) -> None:
-        self.shape, self.columns = df.shape, df.columns
+        self.shape = df.shape
+        self._columns = _held_columns(df.columns)
         blocks = df._mgr.blocks  # two lists, not a tuple per block: fewer objects to track
         self._positions = [block.mgr_locs.as_array for block in blocks]
-        self._values = [block.values for block in blocks]
+        self._values = [_arrow_data(block.values) for block in blocks]
+
+    @property
+    def columns(self) -> Any:
+        """The frame's column index (made again when it was held as Arrow data)."""
+        columns = self._columns
+        return columns if type(columns) is not _chunked_array_type() else _index_type()(_strings(columns))
 
     def column_arrays(self) -> list[Any]:
-        """Each column's values (a numpy array or a pandas extension array), in column order."""
+        """Each column's values (a numpy array, a pandas extension array or, for the default string dtype,
+        its Arrow data), in column order."""
         columns: list[Any] = [None] * self.shape[1]
         for positions, values in zip(self._positions, self._values):
             if getattr(values, "ndim", 1) == 2:  # a numpy block: one row of it per column
                 for k, j in enumerate(positions):
                     columns[j] = values[k]
-            else:  # an extension array: one column
+            else:  # an extension array or Arrow data: one column
                 columns[positions[0]] = values
         return columns
 
     def frame(self) -> Any:
         """The row as a DataFrame again (for readers that need one; the arrays are not copied)."""
         pd = sys.modules["pandas"]
-        df = pd.DataFrame({j: pd.Series(a, dtype=a.dtype, copy=False) for j, a in enumerate(self.column_arrays())},
-                          copy=False)
+        chunked = _chunked_array_type()
+        arrays = [_strings(a) if type(a) is chunked else a for a in self.column_arrays()]
+        df = pd.DataFrame({j: pd.Series(a, dtype=a.dtype, copy=False) for j, a in enumerate(arrays)}, copy=False)
         df.columns = self.columns
         return df
+
+
+def _arrow_data(values: Any) -> Any:
+    """The Arrow data of an array of pandas' default string dtype (``str``), else the array itself."""
+    if type(values) is _arrow_string_type() and type(values.dtype.na_value) is float:
+        return values._pa_array
+    return values
+
+
+def _held_columns(columns: Any) -> Any:
+    """The Arrow data of an unnamed column index of ``str`` names, else the index itself."""
+    if type(columns) is _index_type() and columns.name is None:
+        data = _arrow_data(columns._data)
+        if data is not columns._data:
+            return data
+    return columns
+
+
+def _strings(data: Any) -> Any:
+    """Arrow data held by :func:`_arrow_data` as the pandas array it came from."""
+    pd = sys.modules["pandas"]
+    return pd.arrays.ArrowStringArray(data, dtype=pd.StringDtype("pyarrow", na_value=np.nan))
 
 
 def snapshot(X: Any) -> Any:
@@ -306,17 +339,31 @@ def _from_snapshot(row: RowSnapshot, names: list[str] | None) -> Table:
     n_features = row.shape[1]
     names = list(names) if names is not None and len(names) == n_features else [str(c) for c in row.columns.tolist()]
     arrays = row.column_arrays()
-    numeric_index, categorical_index, kinds = _plan("".join([array.dtype.kind for array in arrays]))
-    arrow_strings = _arrow_string_type()  # their first value read from the Arrow data: a sixth of pandas' indexing
-    values = [array._pa_array[0].as_py() if type(array) is arrow_strings else array[0] for array in arrays]
+    chunked, arrow_strings = _chunked_array_type(), _arrow_string_type()
+    numeric_index, categorical_index, kinds = _plan("".join(["O" if type(a) is chunked else a.dtype.kind
+                                                             for a in arrays]))
+    # Arrow strings' first value read from the Arrow data: a sixth of pandas' indexing
+    values = [a[0].as_py() if type(a) is chunked else a._pa_array[0].as_py() if type(a) is arrow_strings else a[0]
+              for a in arrays]
     table = _from_row(values, n_features, names, kinds, numeric_index, categorical_index)
     return table if table is not None else _from_dataframe(row.frame(), names, None)
 
 
 @functools.cache
 def _arrow_string_type() -> type | None:
-    """pandas' ``ArrowStringArray`` (looked up once, when a snapshot is first read; None without it)."""
+    """pandas' ``ArrowStringArray`` (looked up once, when a snapshot is first taken; None without it)."""
     return getattr(getattr(sys.modules.get("pandas"), "arrays", None), "ArrowStringArray", None)
+
+
+def _chunked_array_type() -> type | None:
+    """pyarrow's ``ChunkedArray``, the Arrow data of pandas' string arrays (None until pyarrow is loaded)."""
+    return getattr(sys.modules.get("pyarrow"), "ChunkedArray", None)
+
+
+@functools.cache
+def _index_type() -> type | None:
+    """pandas' ``Index`` (a plain one, not a subclass such as ``RangeIndex`` or ``MultiIndex``)."""
+    return getattr(sys.modules.get("pandas"), "Index", None)
 
 
 def _from_row(values: list, n_features: int, names: list[str], kinds: list[str], numeric_index: list[int],

@@ -4,9 +4,10 @@ The request path does only this: time the model call (and the steps of a model t
 the ids its span will have (its prediction ids are made of them), validate its inputs in strict mode
 only, and append the finished :class:`Call`
 (an :class:`~otel_ml.observation.Observation`) to a bounded queue. The aggregator thread
-(:class:`~otel_ml.aggregator.Aggregator`) writes the call's span and its steps' child spans, through a
-copy of the SDK tracer whose id generator hands out the drawn ids (:class:`PresetIds`), and computes
-metrics, drift and data-quality counts. When the tracer is not the SDK's the same spans are written right
+(:class:`~otel_ml.aggregator.Aggregator`) writes the call's span and its steps' child spans under the
+drawn ids (:class:`PresetIds`): as finished spans handed to the SDK's span processors
+(:mod:`otel_ml.spans`), or through a copy of the SDK tracer when a processor must see spans start, and
+computes metrics, drift and data-quality counts. When the tracer is not the SDK's the same spans are written right
 after the call. A call whose trace is not sampled gets no span and no attribute is computed for it.
 
 Every failure inside otel-ml is caught here, counted in ``ml.instrumentation.errors`` and logged once
@@ -40,6 +41,7 @@ from otel_ml.config import Config
 from otel_ml.metrics import ExportLoop, MetricStore, configured_exporter, export_interval_seconds
 from otel_ml.model_state import ModelState, ModelStates
 from otel_ml.observation import PREDICTING_OPERATIONS, TRAINING_OPERATIONS, Observation, first_prediction
+from otel_ml.spans import finished_span_tracer
 from otel_ml.version import __version__
 
 _log = logging.getLogger("otel_ml")
@@ -167,14 +169,16 @@ class PresetIds(IdGenerator):
 
 
 def background_tracer(provider: Any) -> tuple[Any, PresetIds] | None:
-    """otel-ml's tracer from ``provider`` copied, with :class:`PresetIds`; None unless it is the SDK's."""
+    """otel-ml's tracer from ``provider`` copied, with :class:`PresetIds`, writing finished spans when the
+    provider's processors only export (:func:`~otel_ml.spans.finished_span_tracer`); None unless it is
+    the SDK's."""
     tracer = provider.get_tracer("otel_ml", __version__) if hasattr(provider, "get_tracer") else None
     if not isinstance(tracer, SdkTracer) or not isinstance(getattr(tracer, "id_generator", None), IdGenerator):
         return None
     ids = PresetIds(tracer.id_generator)
     background = copy.copy(tracer)
     background.id_generator = ids
-    return background, ids
+    return finished_span_tracer(background) or background, ids
 
 
 def error_type(exc: BaseException) -> str:

@@ -307,6 +307,12 @@ def _one_row_frames():
     # Arrow-backed strings, missing: read from the Arrow data (None), as pandas reads them (NaN, pd.NA)
     yield "missing_str", pd.DataFrame({"s": pd.array([None], dtype="str"), "a": [1.0]})
     yield "missing_string", pd.DataFrame({"s": pd.array([None], dtype="string"), "t": ["car"]}).astype({"t": "string"})
+    # column names: held as Arrow data only when they are an unnamed index of the default string dtype
+    named = pd.DataFrame({"a": [1.0], "s": ["car"]})
+    named.columns.name = "features"
+    yield "named_columns", named
+    yield "string_columns", pd.DataFrame([[1.0, "car"]], columns=pd.Index(["a", "s"], dtype="string"))
+    yield "numbered_columns", pd.DataFrame([[1.0, "car"]])
 
 
 @pytest.mark.parametrize("case, df", list(_one_row_frames()), ids=[c for c, _ in _one_row_frames()])
@@ -323,6 +329,8 @@ def test_a_one_row_frame_snapshot_reads_as_the_frame(case, df):
         j: [str(v) for v in c] for j, c in want.categorical.items()}
     again = frame.materialize(row)
     assert again.equals(df) and list(again.dtypes) == list(df.dtypes)
+    assert again.columns.equals(df.columns) and (again.columns.dtype, again.columns.name) == (df.columns.dtype,
+                                                                                              df.columns.name)
     assert frame.feature_names_of(row) == frame.feature_names_of(df) and frame.n_features_of(row) == df.shape[1]
 
 
@@ -344,10 +352,13 @@ def test_a_snapshot_holds_few_tracked_objects():
             stack.extend(gc.get_referents(obj))
         return count
 
-    df = pd.DataFrame([["12", "car", "4", "own"] * 5], columns=[f"c{i}" for i in range(20)])
-    df = df.astype({f"c{i}": "float64" for i in range(0, 20, 2)}).astype({f"c{i}": "string" for i in range(1, 20, 2)})
+    strings = pd.DataFrame([["12", "car", "4", "own"] * 5], columns=[f"c{i}" for i in range(20)])
+    strings = strings.astype({f"c{i}": "float64" for i in range(0, 20, 2)})  # ten columns of pandas' str dtype
+    assert tracked(frame.snapshot(strings)) <= 10 + 5  # the Arrow data of each, the names' too, a few more
+    df = strings.astype({f"c{i}": "string" for i in range(1, 20, 2)})  # nullable strings: their arrays are held
     assert tracked(frame.snapshot(df)) * 3 < tracked(df)
-    assert type(frame.snapshot(df.iloc[:0])) is type(frame.snapshot(pd.concat([df, df]))) is pd.DataFrame  # one row only
+    one_row_only = type(frame.snapshot(df.iloc[:0])), type(frame.snapshot(pd.concat([df, df])))
+    assert one_row_only == (pd.DataFrame, pd.DataFrame)
 
 
 def test_a_one_row_frame_call_is_queued_as_a_snapshot_and_counted_as_the_frame(make):

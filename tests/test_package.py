@@ -55,7 +55,8 @@ def test_the_launcher_imports_no_scikit_learn_until_the_app_does():
     launcher = Path(sys.executable).with_name("opentelemetry-instrument")
     code = ("import sys; before = 'sklearn' in sys.modules; "
             "from sklearn.linear_model import LogisticRegression as L; "
-            "from otel_ml.instrumentation.sklearn import _is_patched; print(before, _is_patched(L.__dict__['predict_proba']))")
+            "from otel_ml.instrumentation.sklearn import _is_patched; "
+            "print(before, _is_patched(L.__dict__['predict_proba']))")
     env = {"PATH": str(Path(sys.executable).parent), "OTEL_TRACES_EXPORTER": "none", "OTEL_METRICS_EXPORTER": "none",
            "OTEL_LOGS_EXPORTER": "none"}
     out = subprocess.run([str(launcher), sys.executable, "-c", code], capture_output=True, text=True, env=env,

@@ -11,6 +11,7 @@ import joblib
 import numpy as np
 import pytest
 from opentelemetry import trace
+from opentelemetry.sdk.trace import SpanProcessor
 from opentelemetry.trace import StatusCode
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.compose import ColumnTransformer
@@ -464,33 +465,60 @@ def test_leaf_span_is_written_by_the_aggregator_thread_under_the_callers_parent(
         f"{span.context.trace_id:032x}-{span.context.span_id:016x}-0")
 
 
-def test_background_and_immediate_spans_are_alike(make, data):
-    """Without the SDK's tracer (no preset ids) the spans are written right after the call: the same spans,
-    a pipeline's steps as children of its span, errors included."""
+class TaggingProcessor(SpanProcessor):
+    """A processor with an ``on_start`` of its own: it must see live spans, so otel-ml writes through the
+    SDK's tracer when one is installed."""
+
+    def on_start(self, span, parent_context=None):
+        span.set_attribute("tagged", True)
+
+
+@pytest.mark.parametrize("capture_raw", [False, True])
+def test_every_span_writer_writes_the_same_spans(make, data, capture_raw):
+    """otel-ml writes a model call's spans three ways: as finished spans handed to the SDK's processors
+    (the default: they only export), through the SDK's tracer with preset ids (a processor with an
+    ``on_start`` of its own), or right after the call (a tracer that is not the SDK's, so no preset ids).
+    The same spans either way: names, kinds, parents, attributes, events, status, resource and scope, a
+    pipeline's steps as children of its span, errors included."""
+    from otel_ml.spans import FinishedSpanTracer
+
     X, y = data
     leaf = LogisticRegression(max_iter=3000).fit(X, y)
     pipeline = make_pipeline(StandardScaler(), LogisticRegression(max_iter=3000)).fit(X, y)
     found = []
-    for background in (True, False):
-        inst = make()
+    for writer in ("finished", "sdk", "immediate"):
+        inst = make(capture_raw=capture_raw)
+        if writer == "sdk":
+            inst.telemetry._tracer_provider.add_span_processor(TaggingProcessor())
         inst.telemetry._ensure_started()
-        if not background:
+        background = inst.telemetry._background
+        assert (type(background[0]) is FinishedSpanTracer) == (writer != "sdk")
+        if writer == "immediate":
             inst.telemetry._background = None
+        before = time.time_ns()
         for model in (leaf, pipeline):
             model.predict_proba(X.iloc[:1])
             with pytest.raises(ValueError):
                 model.predict_proba(X.iloc[:1, :3])
         spans = inst.finished()
+        # the SDK's tracer hands over its span's bounded containers (locks and all), otel-ml plain ones
+        assert all(type(s._attributes) is dict and type(s._events) is tuple for s in spans) == (writer == "finished")
+        assert all(before <= s.start_time <= s.end_time <= time.time_ns() for s in spans)
         by_id = {s.context.span_id: s.name for s in spans}
-        found.append([(s.name, s.kind, s.status.status_code, by_id.get(s.parent.span_id) if s.parent else None,
-                       {k: v for k, v in s.attributes.items() if k != semconv.PREDICTION_ID},
-                       [(e.name, dict(e.attributes)) for e in s.events]) for s in spans])
+        found.append([(s.name, s.kind, s.status.status_code, s.status.description,
+                       by_id.get(s.parent.span_id) if s.parent else None, s.context.trace_flags,
+                       s.resource.attributes, s.instrumentation_scope,
+                       {k: v for k, v in s.attributes.items() if k not in (semconv.PREDICTION_ID, "tagged")},
+                       [(e.name, sorted(e.attributes)) for e in s.events]) for s in spans])
         assert all(semconv.PREDICTION_ID in s.attributes for s in spans
                    if s.parent is None and s.status.status_code != StatusCode.ERROR)
+        assert all(s.attributes.get("tagged") for s in spans) == (writer == "sdk")
         inst.instrumentor.uninstrument()
-    assert found[0] == found[1]
-    names = [(name, parent) for name, _, _, parent, _, _ in found[0]]
+    assert found[0] == found[1] == found[2]
+    names = [(span[0], span[4]) for span in found[0]]
     assert ("predict_proba Pipeline", None) in names and ("transform StandardScaler", "predict_proba Pipeline") in names
+    events = {name for span in found[0] for name, _ in span[-1]}
+    assert events == {"exception"}
 
 
 @pytest.mark.parametrize("end", ["force_flush", "shutdown"])

@@ -58,8 +58,8 @@ def lb_owner(endpoints: list[str], identifier: str) -> str:
     '127.0.0.1:4691'
     """
     positions = 131071
-    candidates = sorted(((h % positions, h, e) for e in endpoints for h in
-                         (zlib.crc32(struct.pack("<I", i), zlib.crc32(e.encode())) for i in range(200))))
+    candidates = sorted((h % positions, h, e) for e in endpoints for h in
+                         (zlib.crc32(struct.pack("<I", i), zlib.crc32(e.encode())) for i in range(200)))
     used: set[int] = set()
     ring = []
     for position, _, endpoint in candidates:
