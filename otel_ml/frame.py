@@ -159,6 +159,11 @@ class RowSnapshot:
         columns = self._columns
         return columns if type(columns) is not _chunked_array_type() else _index_type()(_strings(columns))
 
+    def names(self) -> list[str]:
+        """The column names as strings (read from the Arrow data when held so)."""
+        columns = self._columns
+        return columns.to_pylist() if type(columns) is _chunked_array_type() else [str(c) for c in columns.tolist()]
+
     def column_arrays(self) -> list[Any]:
         """Each column's values (a numpy array, a pandas extension array or, for the default string dtype,
         its Arrow data), in column order."""
@@ -337,7 +342,7 @@ def _from_snapshot(row: RowSnapshot, names: list[str] | None) -> Table:
     """A snapshot's Table: the one-row path of :func:`_from_dataframe`, with the values read from the
     column arrays (the frame again when a numeric value does not convert)."""
     n_features = row.shape[1]
-    names = list(names) if names is not None and len(names) == n_features else [str(c) for c in row.columns.tolist()]
+    names = list(names) if names is not None and len(names) == n_features else row.names()
     arrays = row.column_arrays()
     chunked, arrow_strings = _chunked_array_type(), _arrow_string_type()
     numeric_index, categorical_index, kinds = _plan("".join(["O" if type(a) is chunked else a.dtype.kind
@@ -428,6 +433,8 @@ def n_features_of(X: Any) -> int:
 
 def feature_names_of(X: Any, model: Any = None) -> list[str] | None:
     """Column names of a DataFrame, else the model's ``feature_names_in_``, else None."""
+    if type(X) is RowSnapshot:
+        return X.names()
     columns = getattr(X, "columns", None)
     if columns is not None:
         return [str(c) for c in (columns.tolist() if hasattr(columns, "tolist") else columns)]

@@ -17,7 +17,7 @@ provider is the SDK's batch or simple processor, whose ``on_start`` does nothing
 (:func:`finished_span_tracer` returns None otherwise, and otel-ml uses the SDK's tracer).
 
 >>> from opentelemetry.sdk.trace import TracerProvider
->>> from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor
+>>> from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 >>> from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 >>> provider, exporter = TracerProvider(), InMemorySpanExporter()
 >>> provider.add_span_processor(SimpleSpanProcessor(exporter))
@@ -40,6 +40,7 @@ from opentelemetry.attributes import BoundedAttributes
 from opentelemetry.sdk.trace import Event, ReadableSpan, SpanLimits
 from opentelemetry.sdk.trace import Tracer as SdkTracer
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor
+from opentelemetry.sdk.trace.sampling import ALWAYS_ON, Decision, ParentBased, SamplingResult
 from opentelemetry.trace import NonRecordingSpan, SpanContext, SpanKind, Status, StatusCode, TraceFlags
 
 EXPORT_ONLY_PROCESSORS = (BatchSpanProcessor, SimpleSpanProcessor)  # their on_start does nothing
@@ -67,17 +68,26 @@ class FinishedSpanTracer:
         self.scope = getattr(tracer, "_instrumentation_scope", None)
         self._enabled = getattr(tracer, "_is_enabled", lambda: True)
         self.limits = SpanLimits()  # read from the environment, as the provider's defaults are
+        # the SDK's default sampler (and ALWAYS_ON) samples a child of a sampled local span as it is: a
+        # step's span then needs no sampler call (every span otel-ml writes for a pipeline but the first)
+        sampler = self.sampler
+        self._children_follow_parent = sampler is ALWAYS_ON or (
+            isinstance(sampler, ParentBased) and getattr(sampler, "_local_parent_sampled", None) is ALWAYS_ON)
 
     def start_span(self, name: str, context: Any = None, kind: SpanKind = SpanKind.INTERNAL,
                    attributes: Mapping[str, Any] | None = None, start_time: int | None = None) -> Any:
-        parent = trace.get_current_span(context).get_span_context()
+        parent_span = trace.get_current_span(context)
+        parent = parent_span.get_span_context()
         if not parent.is_valid:
             parent = None
         trace_id = parent.trace_id if parent is not None else self.id_generator.generate_trace_id()
         span_id = self.id_generator.generate_span_id()
         if not self._enabled():
             return NonRecordingSpan(parent or trace.INVALID_SPAN_CONTEXT)
-        sampling = self.sampler.should_sample(context, trace_id, name, kind, attributes, ())
+        if type(parent_span) is FinishedSpan and parent.trace_flags.sampled and self._children_follow_parent:
+            sampling = SamplingResult(Decision.RECORD_AND_SAMPLE, None, parent.trace_state)  # a step's span
+        else:
+            sampling = self.sampler.should_sample(context, trace_id, name, kind, attributes, ())
         flags = TraceFlags.SAMPLED if sampling.decision.is_sampled() else TraceFlags.DEFAULT
         random_id = parent.trace_flags.random_trace_id if parent is not None else self.id_generator.is_trace_id_random()
         if random_id:

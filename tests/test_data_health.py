@@ -256,21 +256,24 @@ def test_calls_with_spans_wake_the_aggregator_sooner_than_calls_without(make, mo
     monkeypatch.setattr(aggregator, "WAKE_EVERY", 16)
     model = LogisticRegression().fit(X, Y)
     inst = make()
+    inst.telemetry.aggregator.flush_interval = 60  # no timed drain meanwhile: only wakes drain
     queue = inst.telemetry.aggregator._queue
 
-    def queued_after(calls: int) -> int:
+    def queued_after(calls: int, woken: bool) -> int:
         for _ in range(calls):
             model.predict(X[:1])
-        time.sleep(0.3)  # the thread drains within this when woken (its timer is the SDK's 5 s)
+        deadline = time.monotonic() + (5 if woken else 0.3)
+        while time.monotonic() < deadline and not (woken and not queue):
+            time.sleep(0.01)
         return len(queue)
 
-    assert queued_after(7) == 7
-    assert queued_after(1) == 0  # the eighth call with a span woke it
+    assert queued_after(7, woken=False) == 7
+    assert queued_after(1, woken=True) == 0  # the eighth call with a span woke it
     token = context.attach(trace.set_span_in_context(NonRecordingSpan(SpanContext(
         trace_id=1, span_id=2, is_remote=True, trace_flags=TraceFlags(TraceFlags.DEFAULT)))))
     try:
-        assert queued_after(15) == 15  # no spans: the sixteenth call wakes it
-        assert queued_after(1) == 0
+        assert queued_after(15, woken=False) == 15  # no spans: the sixteenth call wakes it
+        assert queued_after(1, woken=True) == 0
     finally:
         context.detach(token)
 
