@@ -40,7 +40,14 @@ from opentelemetry.attributes import BoundedAttributes
 from opentelemetry.sdk.trace import Event, ReadableSpan, SpanLimits
 from opentelemetry.sdk.trace import Tracer as SdkTracer
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor
-from opentelemetry.sdk.trace.sampling import ALWAYS_ON, Decision, ParentBased, SamplingResult
+from opentelemetry.sdk.trace.sampling import (
+    ALWAYS_ON,
+    Decision,
+    ParentBased,
+    SamplingResult,
+    StaticSampler,
+    TraceIdRatioBased,
+)
 from opentelemetry.trace import NonRecordingSpan, SpanContext, SpanKind, Status, StatusCode, TraceFlags
 
 EXPORT_ONLY_PROCESSORS = (BatchSpanProcessor, SimpleSpanProcessor)  # their on_start does nothing
@@ -58,9 +65,25 @@ def finished_span_tracer(tracer: Any) -> FinishedSpanTracer | None:
     return FinishedSpanTracer(tracer)
 
 
+def decides_on_span_context(sampler: Any) -> bool:
+    """Whether ``sampler`` decides on the parent's span context alone (the SDK's own samplers: static,
+    trace-id ratio, and parent-based ones made of them), not on other values of the context."""
+    if isinstance(sampler, (StaticSampler, TraceIdRatioBased)):
+        return True
+    if isinstance(sampler, ParentBased):
+        return all(decides_on_span_context(getattr(sampler, name, None)) for name in (
+            "_root", "_remote_parent_sampled", "_remote_parent_not_sampled", "_local_parent_sampled",
+            "_local_parent_not_sampled"))
+    return False
+
+
 class FinishedSpanTracer:
     """``start_span`` as the SDK tracer's, for spans whose content is known: ``end`` hands a
-    :class:`~opentelemetry.sdk.trace.ReadableSpan` to the span processors."""
+    :class:`~opentelemetry.sdk.trace.ReadableSpan` to the span processors.
+
+    ``span_context_only``: its sampler reads nothing of a parent context but the span's context, so a
+    caller may keep a call's parent :class:`~opentelemetry.trace.SpanContext` instead of its whole context
+    (which holds the live parent span) until the span is written, and pass :func:`context_of` it."""
 
     def __init__(self, tracer: SdkTracer) -> None:
         self.sampler, self.resource, self.id_generator = tracer.sampler, tracer.resource, tracer.id_generator
@@ -73,6 +96,7 @@ class FinishedSpanTracer:
         sampler = self.sampler
         self._children_follow_parent = sampler is ALWAYS_ON or (
             isinstance(sampler, ParentBased) and getattr(sampler, "_local_parent_sampled", None) is ALWAYS_ON)
+        self.span_context_only = decides_on_span_context(sampler)
 
     def start_span(self, name: str, context: Any = None, kind: SpanKind = SpanKind.INTERNAL,
                    attributes: Mapping[str, Any] | None = None, start_time: int | None = None) -> Any:
@@ -111,6 +135,12 @@ class FinishedSpanTracer:
             name=span.name, context=span.context, parent=span.parent, resource=self.resource,
             attributes=attributes, events=tuple(span.events[: limits.max_events]), kind=span.kind,
             status=span.status, start_time=span.start_time, end_time=end_time, instrumentation_scope=self.scope))
+
+
+def context_of(parent: SpanContext) -> Any:
+    """A context whose current span has the ``parent`` span context (what a sampler of
+    :attr:`FinishedSpanTracer.span_context_only` reads)."""
+    return trace.set_span_in_context(NonRecordingSpan(parent))
 
 
 class FinishedSpan(trace.Span):

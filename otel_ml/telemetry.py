@@ -33,7 +33,7 @@ from opentelemetry import context as context_api
 from opentelemetry import trace
 from opentelemetry.sdk.trace import Tracer as SdkTracer
 from opentelemetry.sdk.trace.id_generator import IdGenerator
-from opentelemetry.trace import SpanKind, Status, StatusCode
+from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode
 
 from otel_ml import frame, semconv
 from otel_ml.aggregator import Aggregator
@@ -41,7 +41,7 @@ from otel_ml.config import Config
 from otel_ml.metrics import ExportLoop, MetricStore, configured_exporter, export_interval_seconds
 from otel_ml.model_state import ModelState, ModelStates
 from otel_ml.observation import PREDICTING_OPERATIONS, TRAINING_OPERATIONS, Observation, first_prediction
-from otel_ml.spans import finished_span_tracer
+from otel_ml.spans import context_of, finished_span_tracer
 from otel_ml.version import __version__
 
 _log = logging.getLogger("otel_ml")
@@ -89,7 +89,7 @@ class Call(Observation):
     # the active span's context when its trace is not sampled and this call's span would be dropped
     # too: then no span is made at all (metrics, drift and validation still count the call)
     unsampled_parent: Any = None
-    parent_context: Any = None  # the context the call ran in: its span's parent
+    parent_context: Any = None  # the context the call ran in, or its span context only: its span's parent
     span_pending = False  # whether the aggregator thread writes this call's spans
     exception: BaseException | None = None  # what the call raised, until its span is written
 
@@ -224,6 +224,9 @@ class Telemetry:
         # unsampled parent skip their span, and the tracer that writes spans on the aggregator thread
         self._skip_unsampled = False
         self._background: tuple[Any, PresetIds] | None = None
+        # whether a call keeps its parent's span context only, not the whole context (which holds the
+        # live parent span, a dozen objects the garbage collector tracks, until the span is written)
+        self._span_context_only = False
         # (context, its span's context, that span's trace id or 0, whether calls under it get no span)
         self._last_context: tuple[Any, Any, int, bool] = (None, None, 0, False)
         self.states = ModelStates(config, on_new_state=self._attach_data_health)
@@ -265,6 +268,7 @@ class Telemetry:
             provider = self._tracer_provider or trace.get_tracer_provider()
             self._skip_unsampled = drops_unsampled_children(provider)
             self._background = background_tracer(provider)
+            self._span_context_only = getattr(self._background and self._background[0], "span_context_only", False)
             self._last_context = (None, None, 0, False)
             self._started = True
 
@@ -329,7 +333,7 @@ class Telemetry:
         if unsampled:
             call.unsampled_parent, call._trace_id = parent, trace_id
         else:
-            call.parent_context = context
+            call.parent_context = parent if self._span_context_only else context
             if state.composite:
                 call.steps = []
             if self._background is not None:  # the spans are written later, under the ids drawn now
@@ -401,7 +405,10 @@ class Telemetry:
                     attributes[semconv.PREDICTION_ID] = call.row_id(0)
             else:
                 attributes[semconv.ERROR_TYPE] = call.error_type
-            span = tracer.start_span(call.model.operation(call.operation)[0], context=call.parent_context,
+            context = call.parent_context
+            if type(context) is SpanContext:  # kept instead of the whole context (see _span_context_only)
+                context = context_of(context)
+            span = tracer.start_span(call.model.operation(call.operation)[0], context=context,
                                      kind=SpanKind.INTERNAL, attributes=attributes, start_time=call.start_ns)
             if not call._span_id:  # without the SDK tracer the ids are known only now
                 span_context = span.get_span_context()

@@ -73,9 +73,9 @@ class Instrumented:
         return self.metrics
 
 
-def make_instrumented(**overrides: Any) -> Instrumented:
+def make_instrumented(sampler: Any = None, **overrides: Any) -> Instrumented:
     spans = InMemorySpanExporter()
-    provider = TracerProvider()
+    provider = TracerProvider(sampler=sampler)
     provider.add_span_processor(SimpleSpanProcessor(spans))
     metrics = MemoryMetricExporter()
     instrumentor = SklearnInstrumentor()
@@ -93,7 +93,7 @@ def instrumented():
 
 @pytest.fixture
 def make():
-    """Instrument with config overrides: ``make(capture_raw=True)``."""
+    """Instrument with config overrides, ``make(capture_raw=True)``, and a sampler: ``make(sampler=...)``."""
     made: list[Instrumented] = []
 
     def factory(**overrides: Any) -> Instrumented:

@@ -548,3 +548,35 @@ def test_one_row_span_attributes_are_finite_floats(score, confidence, want):
     got = (attributes[semconv.PREDICTION_SCORE], attributes[semconv.PREDICTION_CONFIDENCE_MIN])
     assert got == want and all(type(v) is float for v in got)
     assert attributes[semconv.PREDICTION_LABEL] == "yes"
+
+
+def test_a_sampler_that_reads_the_context_sees_the_calls_context(make, data):
+    """otel-ml keeps a call's parent span context only, not the whole context, until it writes the span,
+    when the sampler reads nothing else (the SDK's own samplers); a sampler of its own that reads context
+    values (here baggage) gets the context the call ran in."""
+    from opentelemetry import baggage, context
+    from opentelemetry.sdk.trace.sampling import Decision, Sampler, SamplingResult
+
+    class BaggageSampler(Sampler):
+        def should_sample(self, parent_context, trace_id, name, kind=None, attributes=None, links=None):
+            keep = baggage.get_baggage("ml.trace", parent_context) == "yes"
+            return SamplingResult(Decision.RECORD_AND_SAMPLE if keep else Decision.DROP)
+
+        def get_description(self):
+            return "BaggageSampler"
+
+    X, y = data
+    model = LogisticRegression(max_iter=3000).fit(X, y)
+    for sampler, keeps_context in ((BaggageSampler(), True), (None, False)):
+        inst = make(sampler=sampler)
+        telemetry = inst.telemetry
+        telemetry._ensure_started()
+        assert telemetry._span_context_only is not keeps_context
+        for flag in ("yes", "no"):
+            token = context.attach(baggage.set_baggage("ml.trace", flag))
+            try:
+                model.predict_proba(X.iloc[:1])
+            finally:
+                context.detach(token)
+        assert len(inst.finished()) == (1 if keeps_context else 2)
+        inst.instrumentor.uninstrument()
