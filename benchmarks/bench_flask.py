@@ -59,6 +59,10 @@ sets the interpreter's switch interval (``sys.setswitchinterval``; 5 ms by defau
 load generator and sink on the others: without it the scheduler moves them between this machine's two
 vCPUs, and one run's figure with cold caches moved by up to 80 µs (14 µs pinned, 5 runs each, 12-04).
 Write those runs elsewhere with ``--json``.
+
+``--baseline PATH`` compares two versions of otel-ml in one run: the ``flask_sklearn`` variant then runs
+all of otel-ml imported from the checkout at ``PATH`` (for example ``git worktree add /tmp/base <commit>``),
+so its row is the baseline's and ``otel_ml``'s the working tree's.
 """
 
 from __future__ import annotations
@@ -203,6 +207,7 @@ def _free_port() -> int:
 CPUS = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
 SERVER_CPUS, CLIENT_CPUS = set(CPUS[-1:]), set(CPUS[:-1] or CPUS)  # --pin: servers on the last CPU
 PIN = False  # set by --pin
+BASELINE: str | None = None  # set by --baseline: the checkout the flask_sklearn variant imports otel-ml from
 
 
 def _pinned(cpus: set[int]) -> Any:
@@ -253,6 +258,9 @@ def start_server(variant: str, scenario: dict, work: Path, sink_port: int,
     env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
     env.update({k: v for k, v in scenario.items() if k.startswith("BENCH_")})
     env["PYTHONPATH"] = os.pathsep.join([str(work), env.get("PYTHONPATH", "")]).strip(os.pathsep)
+    disabled = DISABLED.get(variant, "")
+    if variant == "flask_sklearn" and BASELINE:  # all of otel-ml, from the baseline checkout
+        env["PYTHONPATH"], disabled = os.pathsep.join([str(work), BASELINE]), ""
     command = [_executable("gunicorn"), "-k", "gthread", "--threads", "1", "-w", "1", "--keep-alive", "300",
                "-b", f"127.0.0.1:{port}", "--log-level", "warning", "app:app"]
     if variant != "plain":
@@ -260,7 +268,7 @@ def start_server(variant: str, scenario: dict, work: Path, sink_port: int,
             "OTEL_SERVICE_NAME": "bench-flask", "OTEL_TRACES_EXPORTER": "otlp", "OTEL_METRICS_EXPORTER": "otlp",
             "OTEL_LOGS_EXPORTER": "otlp", "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
             "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{sink_port}",
-            "OTEL_PYTHON_DISABLED_INSTRUMENTATIONS": DISABLED[variant],
+            "OTEL_PYTHON_DISABLED_INSTRUMENTATIONS": disabled,
             **(otel_env or {}),
         })
         command = [_executable("opentelemetry-instrument"), *command]
@@ -314,6 +322,9 @@ def run_once(scenario: dict, work: Path, sink_port: int, warmup: int, rounds: in
 def summarize(results: dict) -> str:
     lines = [f"{results['runs']} runs x {results['rounds']} requests per variant, regime and scenario; "
              f"figures are medians over runs (µs per request)"]
+    if results.get("baseline"):
+        lines.append(f"--baseline: flask_sklearn is all of otel-ml from {results['baseline']} (read 'scikit-learn "
+                     "instrumentor' below as that baseline, 'Flask ML layer' as the working tree minus it)")
     for name, scenario in results["scenarios"].items():
         lines.append(f"{name}: {scenario['model']}")
         for block, regime in scenario["regimes"].items():
@@ -354,9 +365,12 @@ def main(argv: list[str] | None = None) -> None:
                         help="no span export, metric export or aggregator work while measuring: the request path alone")
     parser.add_argument("--pin", action="store_true",
                         help="servers on the last CPU, load generator and sink on the others (steadier runs)")
+    parser.add_argument("--baseline", type=Path, metavar="CHECKOUT",
+                        help="the flask_sklearn variant runs all of otel-ml from this checkout instead (A/B)")
     args = parser.parse_args(argv)
-    global PIN
+    global PIN, BASELINE
     PIN = args.pin
+    BASELINE = str(args.baseline.resolve()) if args.baseline else None
     if any("=" not in setting for setting in args.otel_env):
         parser.error("--otel-env takes KEY=VALUE, e.g. OTEL_TRACES_SAMPLER_ARG=0.1")
     otel_env = dict(setting.split("=", 1) for setting in args.otel_env)
@@ -374,7 +388,7 @@ def main(argv: list[str] | None = None) -> None:
             sink_port = int(port_file.read_text())
             blocks = [int(b) for b in args.blocks.split(",")]
             results = {"runs": args.runs, "rounds": args.rounds, "warmup": args.warmup, "otel_env": otel_env,
-                       "pinned": args.pin, "scenarios": {}}
+                       "pinned": args.pin, "baseline": BASELINE, "scenarios": {}}
             for name in args.scenarios.split(","):
                 runs = []
                 for r in range(args.runs):

@@ -12,7 +12,9 @@ collections, each over every tracked object of the process, then run more often.
 Each variant answers ``--requests`` requests of ``bench_flask.py``'s app through its WSGI callable
 (as ``bench_flask_wsgi.py`` does), in a process of its own, after 100 to warm up. Figures per request:
 median and mean wall time, process CPU (every thread), time inside the garbage collector (``gc.callbacks``),
-and the collections of each generation over the run. Variants: ``flask`` (the Flask instrumentation
+the collections of each generation over the run, and, counted over half as many requests more, the
+objects promoted to the oldest generation (a count, steadier than the times: full collections come as
+often as objects get there). Variants: ``flask`` (the Flask instrumentation
 alone), ``otel_ml`` (all of otel-ml, defaults), ``otel_ml_wake_8`` and ``otel_ml_wake_1`` (the
 aggregator thread woken after 8 calls with spans, or after each).
 """
@@ -69,9 +71,40 @@ def measure(scenario_name: str, variant: str, requests: int) -> dict:
         times.append(time.perf_counter_ns() - start)
     cpu = time.process_time_ns() - cpu
     gc.callbacks.remove(on_gc)
+    tracked = len(gc.get_objects())
     return {"median_us": round(statistics.median(times) / 1e3, 1), "mean_us": round(statistics.mean(times) / 1e3, 1),
             "cpu_us": round(cpu / requests / 1e3, 1), "gc_us": round(in_gc[0] / requests / 1e3, 1),
-            "collections": collections, "tracked_objects_at_end": len(gc.get_objects())}
+            "collections": collections, "tracked_objects_at_end": tracked,
+            "promoted_per_request": promoted(request, max(requests // 2, 200))}
+
+
+def promoted(request, requests: int) -> float:
+    """Objects that reach the oldest generation per request: what makes full collections come sooner
+    (one runs when the objects promoted since the last reach a quarter of those it kept). Counted at
+    each middle-generation collection, with everything older frozen out of the way."""
+    gc.collect()
+    gc.freeze()
+    thresholds = gc.get_threshold()
+    gc.set_threshold(thresholds[0], thresholds[1], 10**9)  # no full collection while counting
+    count, before = [0], [set()]
+
+    def on_gc(phase: str, info: dict) -> None:
+        if info["generation"] != 1:
+            return
+        if phase == "start":
+            before[0] = {id(o) for o in gc.get_objects(generation=2)}
+        else:
+            count[0] += sum(id(o) not in before[0] for o in gc.get_objects(generation=2))
+
+    gc.callbacks.append(on_gc)
+    try:
+        for _ in range(requests):
+            request()
+    finally:
+        gc.callbacks.remove(on_gc)
+        gc.set_threshold(*thresholds)
+        gc.unfreeze()
+    return round(count[0] / requests, 1)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -87,14 +120,15 @@ def main(argv: list[str] | None = None) -> None:
     results: dict = {"requests": args.requests, "scenarios": {}}
     print(f"{args.requests} requests per variant, in process; µs per request; collections per generation")
     for name in args.scenarios.split(","):
-        print(f"{name}:\n    {'variant':<16} {'median':>8} {'mean':>8} {'CPU':>8} {'in GC':>8}  collections")
+        print(f"{name}:\n    {'variant':<16} {'median':>8} {'mean':>8} {'CPU':>8} {'in GC':>8} {'promoted':>9}"
+              "  collections")
         results["scenarios"][name] = {}
         for variant in VARIANTS:
             child = subprocess.run([sys.executable, __file__, "--one", name, variant, "--requests", str(args.requests)],
                                    check=True, capture_output=True, text=True)
             r = results["scenarios"][name][variant] = json.loads(child.stdout.splitlines()[-1])
             print(f"    {variant:<16} {r['median_us']:8.0f} {r['mean_us']:8.0f} {r['cpu_us']:8.0f} {r['gc_us']:8.1f}"
-                  f"  {r['collections']}")
+                  f" {r['promoted_per_request']:9.1f}  {r['collections']}")
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(results, indent=1) + "\n")
 
