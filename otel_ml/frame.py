@@ -149,8 +149,8 @@ class RowSnapshot:
     def __init__(self, df: Any) -> None:
         self.shape = df.shape
         self._columns = _held_columns(df.columns)
-        blocks = df._mgr.blocks  # two lists, not a tuple per block: fewer objects to track
-        self._positions = [block.mgr_locs.as_array for block in blocks]
+        blocks = df._mgr.blocks  # two sequences, not a tuple per block: fewer objects to track
+        self._positions = tuple([block.mgr_locs.as_array for block in blocks])  # numpy arrays: then untracked
         self._values = [_arrow_data(block.values) for block in blocks]
 
     @property

@@ -96,7 +96,7 @@ class Prediction:
     def __init__(self, state: Any, prediction_id: str, n_rows: int, outputs: list[tuple[str, Any]],
                  time_ns: int | None = None) -> None:
         self.state, self.prediction_id, self.n_rows = state, prediction_id, n_rows
-        self.outputs = outputs  # (operation, output) of each call
+        self.outputs = tuple(outputs)  # (operation, output) of each call; tuples the collector stops tracking
         self.operation = outputs[0][0]
         now_ns = time.time_ns()
         self.time_ns = time_ns or now_ns
