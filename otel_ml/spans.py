@@ -14,7 +14,8 @@ It keeps what the SDK's tracer does for such a span: the provider's sampler deci
 and trace state included), the provider's resource, the attribute limits, the ``exception`` event of
 ``record_exception``. It applies only where nothing can tell the difference: every span processor of the
 provider is the SDK's batch or simple processor, whose ``on_start`` does nothing
-(:func:`finished_span_tracer` returns None otherwise, and otel-ml uses the SDK's tracer).
+(:func:`finished_span_tracer` returns None otherwise, and otel-ml uses the SDK's tracer; a processor
+added later sends the spans written from then on through the SDK's tracer too).
 
 >>> from opentelemetry.sdk.trace import TracerProvider
 >>> from opentelemetry.sdk.trace.export import SimpleSpanProcessor
@@ -57,12 +58,17 @@ _UNSET = Status(StatusCode.UNSET)
 
 def finished_span_tracer(tracer: Any) -> FinishedSpanTracer | None:
     """A :class:`FinishedSpanTracer` writing to ``tracer``'s processors, when they only export; else None."""
-    if not isinstance(tracer, SdkTracer):
-        return None
-    processors = getattr(tracer.span_processor, "_span_processors", None)
-    if not isinstance(processors, tuple) or not all(type(p) in EXPORT_ONLY_PROCESSORS for p in processors):
+    if not isinstance(tracer, SdkTracer) or _export_only(tracer.span_processor) is None:
         return None
     return FinishedSpanTracer(tracer)
+
+
+def _export_only(processor: Any) -> tuple | None:
+    """The processors of the provider's ``processor`` when each only exports, else None."""
+    processors = getattr(processor, "_span_processors", None)
+    if not isinstance(processors, tuple) or not all(type(p) in EXPORT_ONLY_PROCESSORS for p in processors):
+        return None
+    return processors
 
 
 def decides_on_span_context(sampler: Any) -> bool:
@@ -87,7 +93,8 @@ class FinishedSpanTracer:
 
     def __init__(self, tracer: SdkTracer) -> None:
         self.sampler, self.resource, self.id_generator = tracer.sampler, tracer.resource, tracer.id_generator
-        self.processor = tracer.span_processor
+        self.processor, self._tracer = tracer.span_processor, tracer
+        self._processors = _export_only(self.processor)  # a processor added later makes a new tuple
         self.scope = getattr(tracer, "_instrumentation_scope", None)
         self._enabled = getattr(tracer, "_is_enabled", lambda: True)
         self.limits = SpanLimits()  # read from the environment, as the provider's defaults are
@@ -100,6 +107,10 @@ class FinishedSpanTracer:
 
     def start_span(self, name: str, context: Any = None, kind: SpanKind = SpanKind.INTERNAL,
                    attributes: Mapping[str, Any] | None = None, start_time: int | None = None) -> Any:
+        if getattr(self.processor, "_span_processors", None) is not self._processors:
+            self._processors = _export_only(self.processor)
+        if self._processors is None:  # a processor that must see spans start was added: the SDK's tracer
+            return self._tracer.start_span(name, context, kind, attributes, start_time=start_time)
         parent_span = trace.get_current_span(context)
         parent = parent_span.get_span_context()
         if not parent.is_valid:

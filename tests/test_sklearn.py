@@ -521,6 +521,19 @@ def test_every_span_writer_writes_the_same_spans(make, data, capture_raw):
     assert events == {"exception"}
 
 
+def test_a_processor_added_later_sees_the_spans_start(make, data):
+    """A span processor with an ``on_start`` of its own added after otel-ml started writing finished spans:
+    the spans written from then on go through the SDK's tracer, so it sees them start."""
+    X, y = data
+    model = LogisticRegression(max_iter=3000).fit(X, y)
+    inst = make()
+    model.predict_proba(X.iloc[:1])
+    assert [s.attributes.get("tagged", False) for s in inst.finished()] == [False]  # written: a finished span
+    inst.telemetry._tracer_provider.add_span_processor(TaggingProcessor())
+    model.predict_proba(X.iloc[:1])
+    assert [s.attributes.get("tagged", False) for s in inst.finished()] == [False, True]
+
+
 @pytest.mark.parametrize("end", ["force_flush", "shutdown"])
 def test_flushing_the_provider_writes_the_spans_otel_ml_holds(make, data, end):
     """A job that calls its provider's force_flush (or shutdown) before exiting gets every model span,
